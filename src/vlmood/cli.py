@@ -1,0 +1,277 @@
+"""The ``vlmood`` command line."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+log = logging.getLogger("vlmood")
+
+
+def parse_score_arg(text: str) -> list[Any]:
+    """``mcm`` | ``mcm,energy`` | ``neglabel:ngroup=10,temperature=0.01`` -> ScoreSpecs.
+
+    A comma-separated list of names, or one name followed by ``:`` and ``key=value`` pairs
+    (values parsed as YAML scalars, so ``1``, ``0.5``, ``true`` and ``null`` have their types).
+    """
+    from vlmood.eval.runner import ScoreSpec
+
+    if ":" in text:
+        name, _, rest = text.partition(":")
+        params = {}
+        for part in filter(None, (p.strip() for p in rest.split(","))):
+            if "=" not in part:
+                raise argparse.ArgumentTypeError(f"score parameter {part!r} in {text!r} is not key=value")
+            k, _, v = part.partition("=")
+            params[k.strip()] = yaml.safe_load(v.strip())
+        return [ScoreSpec(name.strip(), params)]
+    return [ScoreSpec(n.strip()) for n in text.split(",") if n.strip()]
+
+
+def _auto_device(device: str) -> str:
+    if device != "auto":
+        return device
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def _auto_precision(precision: str, device: str) -> str:
+    if precision != "auto":
+        return precision
+    return "bf16" if device.startswith("cuda") else "fp32"
+
+
+def _add_model_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", default="tiny-test", help="model spec (see `vlmood models`), e.g. open_clip:ViT-B-16@/path/w.safetensors")
+    p.add_argument("--device", default="auto", help="cpu, cuda, cuda:1 or auto")
+    p.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16"],
+                   help="auto: bf16 autocast on CUDA, fp32 on CPU")
+
+
+def _add_data_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--benchmark", help="packaged benchmark name (`vlmood data list`) or a YAML file")
+    p.add_argument("--root", help="data root the benchmark's paths are relative to")
+    p.add_argument("--id", dest="id_data", help="ID set: image folder, image list (.txt) or CSV")
+    p.add_argument("--classnames", help="class-name file or built-in set (default: the ID folder names)")
+    p.add_argument("--ood", action="append", default=[], metavar="[GROUP/]NAME=PATH",
+                   help="an OOD set, repeatable; GROUP is near or far, e.g. --ood far/textures=/data/dtd")
+    p.add_argument("--train", help="ID training set (for knn, mahalanobis)")
+    p.add_argument("--skip-corrupt", action="store_true",
+                   help="skip unreadable images instead of failing (they are listed in results.json)")
+    p.add_argument("--fingerprint", default="stat", choices=["stat", "content"],
+                   help="dataset identity for the cache: file sizes+mtimes (fast) or content hashes")
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--workers", type=int, default=None, help="DataLoader workers (default: cores - 1)")
+    p.add_argument("--cache-dir", default=None, help="feature cache (default: $VLMOOD_CACHE or ~/.cache/vlmood)")
+    p.add_argument("--no-progress", action="store_true")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="vlmood", description=__doc__)
+    ap.add_argument("-v", "--verbose", action="store_true")
+    sub = ap.add_subparsers(dest="cmd", required=True)
+
+    ev = sub.add_parser("eval", help="evaluate zero-shot OOD scores and ID accuracy")
+    _add_model_args(ev)
+    _add_data_args(ev)
+    ev.add_argument("--templates", default=None, help="built-in template set or file (default: benchmark's or 'simple')")
+    ev.add_argument("--score", "--scores", dest="scores", action="append", default=[],
+                    help="score(s): 'mcm,energy' or 'neglabel:ngroup=100,temperature=0.01' (repeatable)")
+    ev.add_argument("--out", required=True, help="output directory (results.json, raw scores)")
+    ev.add_argument("--json", action="store_true", help="print results.json instead of the table")
+
+    ca = sub.add_parser("cache", help="precompute image features (and class text features) into the cache")
+    _add_model_args(ca)
+    _add_data_args(ca)
+    ca.add_argument("--kinds", default="image", help="comma list of image, preproj, patch")
+    ca.add_argument("--templates", default=None)
+
+    sub.add_parser("models", help="list registered models and spec forms")
+    sc = sub.add_parser("scores", help="list registered OOD scores and their parameters")
+    sc.add_argument("pattern", nargs="?", default="*")
+
+    da = sub.add_parser("data", help="dataset utilities")
+    dsub = da.add_subparsers(dest="data_cmd", required=True)
+    ch = dsub.add_parser("check", help="say which files of a benchmark are missing under --root")
+    ch.add_argument("benchmark")
+    ch.add_argument("--root", required=True)
+    dsub.add_parser("list", help="list packaged benchmarks")
+    ex = dsub.add_parser("example", help="write a small example benchmark from images shipped with scikit-learn")
+    ex.add_argument("--out", required=True)
+    return ap
+
+
+def _build_sets(args: argparse.Namespace):
+    from vlmood.eval.sets import sets_from_args
+
+    return sets_from_args(
+        benchmark=args.benchmark,
+        root=args.root,
+        id_data=args.id_data,
+        classnames=args.classnames,
+        ood=args.ood,
+        train=args.train,
+    )
+
+
+def _load_model(args: argparse.Namespace):
+    from vlmood.models import load_model
+
+    device = _auto_device(args.device)
+    return load_model(args.model, device=device, precision=_auto_precision(args.precision, device))
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from vlmood import distributed as D
+    from vlmood.data.templates import load_templates
+    from vlmood.eval.runner import EvalOptions, format_table, run_eval
+
+    D.init_distributed()
+    specs = [s for text in (args.scores or ["mcm,msp,maxlogit,energy,entropy,variance"]) for s in parse_score_arg(text)]
+    sets = _build_sets(args)
+    template_spec = args.templates or sets.templates or "simple"
+    templates, _ = load_templates(template_spec)
+    model = _load_model(args)
+    opts = EvalOptions(
+        templates=templates,
+        templates_origin=template_spec,
+        cache_dir=args.cache_dir,
+        batch_size=args.batch_size,
+        num_workers=args.workers,
+        skip_corrupt=args.skip_corrupt,
+        fingerprint=args.fingerprint,
+        progress=not args.no_progress,
+        command=sys.argv,
+    )
+    results = run_eval(model, sets.eval_sets, specs, args.out, opts)
+    if D.is_main():
+        if args.json:
+            print(json.dumps(results, indent=2, default=str))
+        else:
+            print(format_table(results))
+            print(f"\nresults: {Path(args.out) / 'results.json'}")
+    return 0
+
+
+def cmd_cache(args: argparse.Namespace) -> int:
+    from vlmood import distributed as D
+    from vlmood.data.templates import load_templates
+    from vlmood.features.extract import class_text_features, extract_features
+
+    D.init_distributed()
+    sets = _build_sets(args)
+    model = _load_model(args)
+    kinds = [k.strip() for k in args.kinds.split(",") if k.strip()]
+    es = sets.eval_sets
+    todo = [es.id] + [o.source for o in es.ood] + ([es.train] if es.train is not None else [])
+    todo += [s.source for s in es.domain_shift + es.held_out]
+    for src in todo:
+        fs = extract_features(model, src, kinds, cache_root=args.cache_dir, batch_size=args.batch_size,
+                              num_workers=args.workers, skip_corrupt=args.skip_corrupt,
+                              fingerprint=args.fingerprint, progress=not args.no_progress)
+        if D.is_main():
+            print(f"{src.name}: {len(src)} images, encoded {fs.encoded}, {fs.timings.get('total_s', 0):.1f}s, "
+                  f"keys {fs.keys}")
+    templates, _ = load_templates(args.templates or sets.templates or "simple")
+    class_text_features(model, es.classnames, templates, args.cache_dir)
+    return 0
+
+
+def cmd_models(args: argparse.Namespace) -> int:
+    from vlmood.models import list_models
+
+    print("registered models:")
+    for name in list_models():
+        print(f"  {name}")
+    print(
+        "\nspec forms:\n"
+        "  NAME                              a registered model above\n"
+        "  open_clip:ARCH@TAG                open_clip pretrained tag (needs the hub or its cache)\n"
+        "  open_clip:ARCH@/path/w.safetensors  open_clip architecture + local weights file\n"
+        "  open_clip:ARCH                    random initialisation (tests)\n"
+        "  local-dir:/path                   open_clip_config.json + weights\n"
+        "  hf:NAME or hf:/path               Hugging Face transformers CLIPModel"
+    )
+    return 0
+
+
+def cmd_scores(args: argparse.Namespace) -> int:
+    import inspect
+
+    from vlmood.scores import SCORES
+
+    for name, factory in SCORES.items():
+        if not __import__("fnmatch").fnmatch(name, args.pattern):
+            continue
+        sig = inspect.signature(factory)
+        params = ", ".join(
+            f"{p.name}={p.default!r}" for p in sig.parameters.values() if p.default is not inspect.Parameter.empty
+        )
+        doc = (inspect.getdoc(factory) or "").splitlines()
+        print(f"{name:<12} {doc[0] if doc else ''}")
+        if params:
+            print(f"{'':<12} params: {params}")
+    return 0
+
+
+def cmd_data(args: argparse.Namespace) -> int:
+    if args.data_cmd == "check":
+        from vlmood.data.benchmarks import check_benchmark, format_check_report, load_benchmark
+
+        report = check_benchmark(load_benchmark(args.benchmark), args.root)
+        print(format_check_report(report))
+        return 0 if report_ok(report) else 1
+    if args.data_cmd == "list":
+        from vlmood.data.benchmarks import BENCHMARKS, load_benchmark
+
+        for name in BENCHMARKS.list():
+            b = load_benchmark(name)
+            print(f"{name:<28} {getattr(b, 'description', '') or ''}")
+        return 0
+    if args.data_cmd == "example":
+        from vlmood.data.example import write_example
+
+        path = write_example(args.out)
+        print(f"example benchmark written: {path}")
+        return 0
+    raise AssertionError(args.data_cmd)
+
+
+def report_ok(report: Any) -> bool:
+    ok = getattr(report, "ok", None)
+    if ok is not None:
+        return bool(ok() if callable(ok) else ok)
+    return bool(report.get("ok", False)) if isinstance(report, dict) else False
+
+
+COMMANDS = {"eval": cmd_eval, "cache": cmd_cache, "models": cmd_models, "scores": cmd_scores, "data": cmd_data}
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(levelname)s %(name)s: %(message)s",
+    )
+    from vlmood.data.base import DataError
+    from vlmood.models.base import ModelLoadError
+    from vlmood.registry import UnknownNameError
+
+    try:
+        return COMMANDS[args.cmd](args)
+    except (DataError, ModelLoadError, UnknownNameError, FileNotFoundError, ValueError) as e:
+        if args.verbose:
+            raise
+        print(f"vlmood {args.cmd}: error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

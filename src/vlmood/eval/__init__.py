@@ -1,0 +1,1 @@
+"""Evaluation runners and the result schema."""

@@ -1,0 +1,320 @@
+"""Zero-shot / post-hoc OOD evaluation: images -> cached features -> scores -> metrics -> results.
+
+The path data takes:
+
+1. ``load_model(spec)``: a :class:`~vlmood.models.base.VLM` and its identity.
+2. ``EvalSets``: the ID set with class names, OOD sets (grouped near/far), optional ID train
+   set (KNN, Mahalanobis), domain-shift and held-out-class sets.
+3. ``extract_features``: every set encoded once per (model, data, feature kind), memory-mapped.
+4. ``class_text_features``: class names x templates -> [K, D] zero-shot classifier (cached).
+5. Each score is fitted (``ScoreContext``) and scores every set, chunked; metrics per OOD set,
+   mean over sets and over near/far groups.
+6. ``results.json`` + per-score raw scores (``scores/<label>.npz``) in the output directory.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from vlmood import metrics as M
+from vlmood.data.base import ImageSource
+from vlmood.eval.provenance import environment_info
+from vlmood.features.extract import (
+    FeatureSet,
+    cache_info,
+    class_text_features,
+    encode_texts,
+    extract_features,
+)
+from vlmood.models.base import VLM
+from vlmood.scores import ScoreContext, create_score
+from vlmood.utils import atomic_path, atomic_write_json, sha256_text
+
+log = logging.getLogger(__name__)
+
+RESULTS_SCHEMA = "vlmood.results/1"
+TABLE_METRICS = ("fpr95", "auroc", "aupr_in", "aupr_out")
+
+
+@dataclass
+class OODSet:
+    name: str
+    source: ImageSource
+    group: str = "ood"  # near | far | ood
+
+
+@dataclass
+class LabelledSet:
+    name: str
+    source: ImageSource
+    classnames: list[str]
+
+
+@dataclass
+class EvalSets:
+    """Everything one evaluation reads. ``classnames`` index the ID labels."""
+
+    id: ImageSource
+    classnames: list[str]
+    ood: list[OODSet]
+    train: ImageSource | None = None
+    domain_shift: list[LabelledSet] = field(default_factory=list)
+    held_out: list[LabelledSet] = field(default_factory=list)
+    classnames_origin: str = ""
+    benchmark: str | None = None
+
+
+@dataclass
+class ScoreSpec:
+    name: str
+    params: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def label(self) -> str:
+        if not self.params:
+            return self.name
+        inner = ",".join(f"{k}={v}" for k, v in sorted(self.params.items()))
+        return f"{self.name}({inner})"
+
+
+@dataclass
+class EvalOptions:
+    templates: list[str]
+    templates_origin: str = "simple"
+    cache_dir: str | None = None
+    batch_size: int = 64
+    num_workers: int | None = None
+    skip_corrupt: bool = False
+    fingerprint: str = "stat"
+    progress: bool = True
+    save_scores: bool = True
+    command: list[str] | None = None
+
+
+def _summarise(per_set: dict[str, dict[str, float]], groups: dict[str, str]) -> dict[str, dict[str, float]]:
+    out: dict[str, dict[str, float]] = {}
+    if not per_set:
+        return out
+    names = list(per_set)
+    metric_names = list(per_set[names[0]])
+    out["mean"] = {m: float(np.mean([per_set[n][m] for n in names])) for m in metric_names}
+    for g in ("near", "far"):
+        members = [n for n in names if groups.get(n) == g]
+        if members:
+            out[f"{g}_mean"] = {m: float(np.mean([per_set[n][m] for n in members])) for m in metric_names}
+    return out
+
+
+def zero_shot_accuracy(image: np.ndarray, text: np.ndarray, labels: np.ndarray, chunk: int = 16384) -> float:
+    """Top-1 accuracy of argmax cosine (images with label < 0 are ignored)."""
+    keep = labels >= 0
+    if not keep.any():
+        return float("nan")
+    preds = np.empty(image.shape[0], dtype=np.int64)
+    for s in range(0, image.shape[0], chunk):
+        preds[s : s + chunk] = np.argmax(np.asarray(image[s : s + chunk], dtype=np.float32) @ text.T, axis=1)
+    return float(np.mean(preds[keep] == labels[keep]))
+
+
+def _dataset_record(fs: FeatureSet, group: str | None = None) -> dict[str, Any]:
+    rec = {
+        "name": fs.source.name,
+        "kind": fs.source.kind,
+        "origin": fs.source.origin,
+        "n": len(fs.source),
+        "n_valid": int(fs.valid.sum()),
+        "skipped": fs.skipped,
+        "cache": cache_info(fs),
+    }
+    if group:
+        rec["group"] = group
+    return rec
+
+
+def run_eval(
+    model: VLM,
+    sets: EvalSets,
+    scores: Sequence[ScoreSpec],
+    out_dir: str | os.PathLike,
+    opts: EvalOptions,
+) -> dict[str, Any]:
+    """Evaluate every score on ``sets``; write results.json (+ raw scores) and return the results dict."""
+    t_start = time.perf_counter()
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    score_objs = []
+    for spec in scores:
+        score_objs.append((spec, create_score(spec.name, **spec.params)))
+    labels_seen = [s.label for s, _ in score_objs]
+    if len(set(labels_seen)) != len(labels_seen):
+        raise ValueError(f"the same score was requested twice: {labels_seen}")
+    kinds = ["image"]
+    for _, sc in score_objs:
+        for k in sc.requires:
+            if k not in kinds:
+                kinds.append(k)
+    needs_train = [s.label for s, sc in score_objs if sc.needs_train]
+    if needs_train and sets.train is None:
+        raise ValueError(
+            f"score(s) {needs_train} need ID training features: pass --train DIR (or use a benchmark "
+            f"with a train split), or drop these scores"
+        )
+    extract_kw = dict(
+        cache_root=opts.cache_dir,
+        batch_size=opts.batch_size,
+        num_workers=opts.num_workers,
+        skip_corrupt=opts.skip_corrupt,
+        fingerprint=opts.fingerprint,
+        progress=opts.progress,
+    )
+    timings: dict[str, float] = {}
+    t = time.perf_counter()
+    id_fs = extract_features(model, sets.id, kinds, **extract_kw)
+    ood_fs = {o.name: extract_features(model, o.source, kinds, **extract_kw) for o in sets.ood}
+    train_fs = extract_features(model, sets.train, ["image"], **extract_kw) if needs_train else None
+    timings["features_s"] = time.perf_counter() - t
+    t = time.perf_counter()
+    text = class_text_features(model, sets.classnames, opts.templates, opts.cache_dir)
+    timings["text_s"] = time.perf_counter() - t
+
+    id_image = id_fs.get("image")
+    id_labels = id_fs.valid_labels()
+    results: dict[str, Any] = {
+        "schema": RESULTS_SCHEMA,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "command": opts.command,
+        "benchmark": sets.benchmark,
+        "model": {**model.identity.to_dict(), "logit_scale": model.logit_scale, "embed_dim": model.embed_dim},
+        "device": str(model.device),
+        "classnames": {
+            "origin": sets.classnames_origin,
+            "sha256": sha256_text("\n".join(sets.classnames)),
+            "n": len(sets.classnames),
+            "names": list(sets.classnames),
+        },
+        "templates": {
+            "origin": opts.templates_origin,
+            "sha256": sha256_text("\n".join(opts.templates)),
+            "templates": list(opts.templates),
+        },
+        "datasets": {
+            "id": _dataset_record(id_fs),
+            "ood": {o.name: _dataset_record(ood_fs[o.name], o.group) for o in sets.ood},
+            **({"train": _dataset_record(train_fs)} if train_fs is not None else {}),
+        },
+        "options": {
+            "batch_size": opts.batch_size,
+            "skip_corrupt": opts.skip_corrupt,
+            "fingerprint": opts.fingerprint,
+            "feature_kinds": kinds,
+        },
+        "id_accuracy": zero_shot_accuracy(id_image, text, id_labels),
+    }
+    # Domain shift: the ID classes in another domain; held-out: other classes, their own names.
+    extra_acc: dict[str, dict[str, Any]] = {}
+    for kind_name, group in (("domain_shift", sets.domain_shift), ("held_out", sets.held_out)):
+        recs = {}
+        for ls in group:
+            fs = extract_features(model, ls.source, ["image"], **extract_kw)
+            cls_text = text if ls.classnames == sets.classnames else class_text_features(
+                model, ls.classnames, opts.templates, opts.cache_dir
+            )
+            recs[ls.name] = {
+                "accuracy": zero_shot_accuracy(fs.get("image"), cls_text, fs.valid_labels()),
+                "n_classes": len(ls.classnames),
+                "dataset": _dataset_record(fs),
+            }
+        if recs:
+            extra_acc[kind_name] = recs
+    results.update(extra_acc)
+
+    def encode_fn(texts: list[str]) -> np.ndarray:
+        return encode_texts(model, texts, opts.cache_dir)
+
+    groups = {o.name: o.group for o in sets.ood}
+    score_results: dict[str, Any] = {}
+    t_scores = time.perf_counter()
+    for spec, sc in score_objs:
+        t = time.perf_counter()
+        ctx = ScoreContext(
+            text_features=text,
+            classnames=list(sets.classnames),
+            encode_text=encode_fn,
+            train_features=train_fs.get("image") if (train_fs is not None and sc.needs_train) else None,
+            train_labels=train_fs.valid_labels() if (train_fs is not None and sc.needs_train) else None,
+            logit_scale=model.logit_scale,
+            cache_dir=str(out / "artifacts"),
+        )
+        sc.fit(ctx)
+        fit_s = time.perf_counter() - t
+
+        def run(fs: FeatureSet, sc=sc) -> np.ndarray:
+            patch = fs.get("patch") if "patch" in sc.requires else None
+            return sc.score(fs.get("image"), patch)
+
+        id_scores = run(id_fs)
+        per_set = {}
+        raw = {"id": id_scores}
+        for o in sets.ood:
+            ood_scores = run(ood_fs[o.name])
+            raw[f"ood/{o.name}"] = ood_scores
+            per_set[o.name] = M.ood_metrics(id_scores, ood_scores)
+        entry = {
+            "name": spec.name,
+            "params": {**sc.params()},
+            "requested_params": spec.params,
+            "artifacts": sc.artifacts(),
+            "per_set": per_set,
+            **_summarise(per_set, groups),
+            "fit_s": fit_s,
+            "time_s": time.perf_counter() - t,
+        }
+        if opts.save_scores:
+            path = out / "scores" / f"{_safe(spec.label)}.npz"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            with atomic_path(path) as tmp, open(tmp, "wb") as f:
+                np.savez(f, **raw)
+            entry["raw_scores"] = str(path.relative_to(out))
+        score_results[spec.label] = entry
+    timings["scores_s"] = time.perf_counter() - t_scores
+    results["scores"] = score_results
+    timings["total_s"] = time.perf_counter() - t_start
+    results["timings"] = timings
+    results["environment"] = environment_info(model.device)
+    atomic_write_json(out / "results.json", results)
+    return results
+
+
+def _safe(label: str) -> str:
+    return "".join(c if c.isalnum() or c in "-_.=," else "_" for c in label)
+
+
+def format_table(results: dict[str, Any]) -> str:
+    """A plain-text table per score: FPR95/AUROC/AUPR-in/AUPR-out per OOD set and means (in %)."""
+    lines = []
+    acc = results.get("id_accuracy")
+    model = results.get("model", {})
+    lines.append(f"model: {model.get('spec') or model.get('arch')}  ID accuracy: {100 * acc:.2f}%")
+    for kind_name in ("domain_shift", "held_out"):
+        for name, rec in results.get(kind_name, {}).items():
+            lines.append(f"{kind_name} {name}: accuracy {100 * rec['accuracy']:.2f}%")
+    header = f"{'OOD set':<24}" + "".join(f"{m:>10}" for m in ("FPR95", "AUROC", "AUPR-in", "AUPR-out"))
+    for label, entry in results.get("scores", {}).items():
+        lines.append("")
+        lines.append(f"== {label} ==")
+        lines.append(header)
+        rows = list(entry["per_set"].items())
+        for key in ("near_mean", "far_mean", "mean"):
+            if key in entry:
+                rows.append((key.replace("_", " "), entry[key]))
+        for name, mets in rows:
+            lines.append(f"{name:<24}" + "".join(f"{100 * mets[m]:>10.2f}" for m in TABLE_METRICS))
+    return "\n".join(lines)
