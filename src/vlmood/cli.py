@@ -121,6 +121,17 @@ def _build_sets(args: argparse.Namespace):
     )
 
 
+def _templates(args: argparse.Namespace, sets) -> tuple[list[str], str]:
+    """--templates, else the benchmark's templates, else the single 'a photo of a {}.'."""
+    from vlmood.data.templates import load_templates
+
+    if args.templates:
+        return load_templates(args.templates)[0], args.templates
+    if sets.templates:
+        return list(sets.templates), sets.templates_origin or "benchmark"
+    return load_templates("simple")[0], "simple"
+
+
 def _load_model(args: argparse.Namespace):
     from vlmood.models import load_model
 
@@ -130,18 +141,16 @@ def _load_model(args: argparse.Namespace):
 
 def cmd_eval(args: argparse.Namespace) -> int:
     from vlmood import distributed as D
-    from vlmood.data.templates import load_templates
     from vlmood.eval.runner import EvalOptions, format_table, run_eval
 
     D.init_distributed()
     specs = [s for text in (args.scores or ["mcm,msp,maxlogit,energy,entropy,variance"]) for s in parse_score_arg(text)]
     sets = _build_sets(args)
-    template_spec = args.templates or sets.templates or "simple"
-    templates, _ = load_templates(template_spec)
+    templates, template_origin = _templates(args, sets)
     model = _load_model(args)
     opts = EvalOptions(
         templates=templates,
-        templates_origin=template_spec,
+        templates_origin=template_origin,
         cache_dir=args.cache_dir,
         batch_size=args.batch_size,
         num_workers=args.workers,
@@ -162,7 +171,6 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 def cmd_cache(args: argparse.Namespace) -> int:
     from vlmood import distributed as D
-    from vlmood.data.templates import load_templates
     from vlmood.features.extract import class_text_features, extract_features
 
     D.init_distributed()
@@ -179,7 +187,7 @@ def cmd_cache(args: argparse.Namespace) -> int:
         if D.is_main():
             print(f"{src.name}: {len(src)} images, encoded {fs.encoded}, {fs.timings.get('total_s', 0):.1f}s, "
                   f"keys {fs.keys}")
-    templates, _ = load_templates(args.templates or sets.templates or "simple")
+    templates, _ = _templates(args, sets)
     class_text_features(model, es.classnames, templates, args.cache_dir)
     return 0
 
