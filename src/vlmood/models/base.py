@@ -127,10 +127,14 @@ class VLM(ABC):
         return self
 
     def autocast(self):
-        """Autocast context for this model's precision (bf16 on CUDA, none on CPU/fp32)."""
-        if self.identity.precision == "bf16" and self.device.type == "cuda":
-            return torch.autocast("cuda", dtype=torch.bfloat16)
-        if self.identity.precision == "fp16" and self.device.type == "cuda":
+        """Autocast context for this model's precision: bf16 autocast on CUDA and CPU, fp16 on
+        CUDA only; fp32 runs without autocast. Weights stay float32 (mixed precision)."""
+        prec = self.identity.precision
+        if prec == "bf16":
+            return torch.autocast(self.device.type, dtype=torch.bfloat16)
+        if prec == "fp16":
+            if self.device.type != "cuda":
+                raise ValueError("precision fp16 needs a CUDA device; use bf16 or fp32 on the CPU")
             return torch.autocast("cuda", dtype=torch.float16)
         return torch.autocast(self.device.type, enabled=False)
 
