@@ -35,7 +35,9 @@ def write_images(folder: Path, n: int, size: int = 256, seed: int = 0) -> None:
         c = int(rng.integers(160, 400))
         y = int(rng.integers(0, ph.shape[0] - c))
         x = int(rng.integers(0, ph.shape[1] - c))
-        Image.fromarray(ph[y : y + c, x : x + c]).resize((size, size)).save(folder / "x" / f"{j:05d}.jpg", quality=90)
+        Image.fromarray(ph[y : y + c, x : x + c]).resize((size, size)).save(
+            folder / "x" / f"{j:05d}.jpg", quality=90
+        )
 
 
 class PlainFiles(Dataset):
@@ -51,8 +53,12 @@ class PlainFiles(Dataset):
 
 def plain_loop(module, transform, paths, batch_size, workers) -> tuple[float, np.ndarray]:
     """The reference: DataLoader + model.encode_image + normalise, collected in memory."""
-    loader = DataLoader(PlainFiles(paths, transform), batch_size=batch_size, num_workers=workers,
-                        prefetch_factor=4 if workers else None)
+    loader = DataLoader(
+        PlainFiles(paths, transform),
+        batch_size=batch_size,
+        num_workers=workers,
+        prefetch_factor=4 if workers else None,
+    )
     outs = []
     t = time.perf_counter()
     with torch.inference_mode():
@@ -91,26 +97,48 @@ def main() -> int:
             plain_times.append(tp)
             cache = work / f"cache{r}"
             t = time.perf_counter()
-            fs = extract_features(model, src, ("image",), cache_root=cache, batch_size=args.batch_size,
-                                  num_workers=args.workers, progress=False)
+            fs = extract_features(
+                model,
+                src,
+                ("image",),
+                cache_root=cache,
+                batch_size=args.batch_size,
+                num_workers=args.workers,
+                progress=False,
+            )
             cold_times.append(time.perf_counter() - t)
             ours = np.asarray(fs.arrays["image"])
         t = time.perf_counter()
-        warm = extract_features(model, src, ("image",), cache_root=work / "cache0", batch_size=args.batch_size,
-                                num_workers=args.workers, progress=False)
+        warm = extract_features(
+            model,
+            src,
+            ("image",),
+            cache_root=work / "cache0",
+            batch_size=args.batch_size,
+            num_workers=args.workers,
+            progress=False,
+        )
         warm_s = time.perf_counter() - t
         assert warm.encoded == 0
         max_diff = float(np.abs(ours - ref).max())
         plain_ips = args.n / min(plain_times)
         cold_ips = args.n / min(cold_times)
         peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-        print(f"model {args.model}  images {args.n}  batch {args.batch_size}  workers {args.workers}  "
-              f"threads {args.threads}")
-        print(f"plain open_clip loop : {plain_ips:8.1f} images/s  (runs: {', '.join(f'{t:.2f}s' for t in plain_times)})")
-        print(f"vlmood cold cache    : {cold_ips:8.1f} images/s  (runs: {', '.join(f'{t:.2f}s' for t in cold_times)})")
+        print(
+            f"model {args.model}  images {args.n}  batch {args.batch_size}  workers {args.workers}  "
+            f"threads {args.threads}"
+        )
+        print(
+            f"plain open_clip loop : {plain_ips:8.1f} images/s  (runs: {', '.join(f'{t:.2f}s' for t in plain_times)})"
+        )
+        print(
+            f"vlmood cold cache    : {cold_ips:8.1f} images/s  (runs: {', '.join(f'{t:.2f}s' for t in cold_times)})"
+        )
         print(f"ratio vlmood/plain   : {cold_ips / plain_ips:8.3f}   (target >= 0.95)")
-        print(f"vlmood warm cache    : {warm_s * 1000:8.1f} ms     speed-up over cold: "
-              f"{min(cold_times) / warm_s:.0f}x (target >= 50x)")
+        print(
+            f"vlmood warm cache    : {warm_s * 1000:8.1f} ms     speed-up over cold: "
+            f"{min(cold_times) / warm_s:.0f}x (target >= 50x)"
+        )
         print(f"max |vlmood - plain| : {max_diff:.2e}")
         print(f"peak RSS             : {peak_mb:8.0f} MB")
     finally:

@@ -14,7 +14,9 @@ from vlmood.models.base import VLM, ModelIdentity, PreprocessSpec
 DIGIT_NAMES = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"]
 
 
-def write_digit_images(root: Path, digits: list[int], per_class: int, size: int = 32, flat: bool = False) -> Path:
+def write_digit_images(
+    root: Path, digits: list[int], per_class: int, size: int = 32, flat: bool = False
+) -> Path:
     """Write real handwritten-digit images (sklearn's bundled digits) as PNG files.
 
     Folder layout ``root/<name>/<i>.png`` (or flat ``root/<name>_<i>.png``).
@@ -57,7 +59,11 @@ class FakeVLM(VLM):
         self.images_seen = 0
         self.fail_after = fail_after
         self.identity = ModelIdentity(
-            backend="fake", arch="fake", weights=f"random:{seed}", precision="fp32", quick_gelu=False,
+            backend="fake",
+            arch="fake",
+            weights=f"random:{seed}",
+            precision="fp32",
+            quick_gelu=False,
             preprocess=PreprocessSpec(8, (0.5, 0.5, 0.5), (0.5, 0.5, 0.5), "nearest"),
         )
         self._module = torch.nn.Linear(1, 1)

@@ -7,8 +7,8 @@ import os
 
 import numpy as np
 import pytest
-from conftest import FakeVLM, write_digit_images
 
+from conftest import FakeVLM, write_digit_images
 from vlmood.data.sources import load_source
 from vlmood.features.cache import ImageEntry, image_cache_key
 from vlmood.features.extract import class_text_features, encode_texts, extract_features

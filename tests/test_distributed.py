@@ -9,8 +9,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import FakeVLM
 
+from conftest import FakeVLM
 from vlmood.data.sources import load_source
 from vlmood.features.extract import extract_features
 
@@ -20,15 +20,37 @@ pytestmark = pytest.mark.dist
 def test_two_process_gloo_extraction_equals_single_process(digit_folder, tmp_path):
     out = tmp_path / "out"
     out.mkdir()
-    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=os.pathsep.join(
-        [str(Path(__file__).parents[1] / "src"), os.environ.get("PYTHONPATH", "")]))
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-           str(Path(__file__).parent / "dist_extract_worker.py"), str(digit_folder), str(tmp_path / "cache2"), str(out)]
+    env = dict(
+        os.environ,
+        OMP_NUM_THREADS="1",
+        PYTHONPATH=os.pathsep.join(
+            [str(Path(__file__).parents[1] / "src"), os.environ.get("PYTHONPATH", "")]
+        ),
+    )
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node",
+        "2",
+        str(Path(__file__).parent / "dist_extract_worker.py"),
+        str(digit_folder),
+        str(tmp_path / "cache2"),
+        str(out),
+    ]
     res = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
-    single = extract_features(FakeVLM(), load_source(str(digit_folder)), ("image", "patch"),
-                              cache_root=tmp_path / "cache1", batch_size=3, num_workers=0, chunk_size=3,
-                              progress=False)
+    single = extract_features(
+        FakeVLM(),
+        load_source(str(digit_folder)),
+        ("image", "patch"),
+        cache_root=tmp_path / "cache1",
+        batch_size=3,
+        num_workers=0,
+        chunk_size=3,
+        progress=False,
+    )
     for r in (0, 1):
         np.testing.assert_array_equal(np.load(out / f"image_rank{r}.npy"), single.arrays["image"])
         np.testing.assert_array_equal(np.load(out / f"patch_rank{r}.npy"), single.arrays["patch"])

@@ -49,10 +49,18 @@ def _auto_precision(precision: str, device: str) -> str:
 
 
 def _add_model_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model", default="tiny-test", help="model spec (see `vlmood models`), e.g. open_clip:ViT-B-16@/path/w.safetensors")
+    p.add_argument(
+        "--model",
+        default="tiny-test",
+        help="model spec (see `vlmood models`), e.g. open_clip:ViT-B-16@/path/w.safetensors",
+    )
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:1 or auto")
-    p.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16"],
-                   help="auto: bf16 autocast on CUDA, fp32 on CPU")
+    p.add_argument(
+        "--precision",
+        default="auto",
+        choices=["auto", "fp32", "bf16", "fp16"],
+        help="auto: bf16 autocast on CUDA, fp32 on CPU",
+    )
 
 
 def _add_data_args(p: argparse.ArgumentParser) -> None:
@@ -60,16 +68,30 @@ def _add_data_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--root", help="data root the benchmark's paths are relative to")
     p.add_argument("--id", dest="id_data", help="ID set: image folder, image list (.txt) or CSV")
     p.add_argument("--classnames", help="class-name file or built-in set (default: the ID folder names)")
-    p.add_argument("--ood", action="append", default=[], metavar="[GROUP/]NAME=PATH",
-                   help="an OOD set, repeatable; GROUP is near or far, e.g. --ood far/textures=/data/dtd")
+    p.add_argument(
+        "--ood",
+        action="append",
+        default=[],
+        metavar="[GROUP/]NAME=PATH",
+        help="an OOD set, repeatable; GROUP is near or far, e.g. --ood far/textures=/data/dtd",
+    )
     p.add_argument("--train", help="ID training set (for knn, mahalanobis)")
-    p.add_argument("--skip-corrupt", action="store_true",
-                   help="skip unreadable images instead of failing (they are listed in results.json)")
-    p.add_argument("--fingerprint", default="stat", choices=["stat", "content"],
-                   help="dataset identity for the cache: file sizes+mtimes (fast) or content hashes")
+    p.add_argument(
+        "--skip-corrupt",
+        action="store_true",
+        help="skip unreadable images instead of failing (they are listed in results.json)",
+    )
+    p.add_argument(
+        "--fingerprint",
+        default="stat",
+        choices=["stat", "content"],
+        help="dataset identity for the cache: file sizes+mtimes (fast) or content hashes",
+    )
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--workers", type=int, default=None, help="DataLoader workers (default: cores - 1)")
-    p.add_argument("--cache-dir", default=None, help="feature cache (default: $VLMOOD_CACHE or ~/.cache/vlmood)")
+    p.add_argument(
+        "--cache-dir", default=None, help="feature cache (default: $VLMOOD_CACHE or ~/.cache/vlmood)"
+    )
     p.add_argument("--no-progress", action="store_true")
 
 
@@ -81,9 +103,17 @@ def build_parser() -> argparse.ArgumentParser:
     ev = sub.add_parser("eval", help="evaluate zero-shot OOD scores and ID accuracy")
     _add_model_args(ev)
     _add_data_args(ev)
-    ev.add_argument("--templates", default=None, help="built-in template set or file (default: benchmark's or 'simple')")
-    ev.add_argument("--score", "--scores", dest="scores", action="append", default=[],
-                    help="score(s): 'mcm,energy' or 'neglabel:ngroup=100,temperature=0.01' (repeatable)")
+    ev.add_argument(
+        "--templates", default=None, help="built-in template set or file (default: benchmark's or 'simple')"
+    )
+    ev.add_argument(
+        "--score",
+        "--scores",
+        dest="scores",
+        action="append",
+        default=[],
+        help="score(s): 'mcm,energy' or 'neglabel:ngroup=100,temperature=0.01' (repeatable)",
+    )
     ev.add_argument("--out", required=True, help="output directory (results.json, raw scores)")
     ev.add_argument("--json", action="store_true", help="print results.json instead of the table")
 
@@ -101,9 +131,11 @@ def build_parser() -> argparse.ArgumentParser:
     dsub = da.add_subparsers(dest="data_cmd", required=True)
     ch = dsub.add_parser("check", help="say which files of a benchmark are missing under --root")
     ch.add_argument("benchmark")
-    ch.add_argument("--root", required=True)
+    ch.add_argument("--root", default=None, help="data root (default: the YAML's data_root or folder)")
     dsub.add_parser("list", help="list packaged benchmarks")
-    ex = dsub.add_parser("example", help="write a small example benchmark from images shipped with scikit-learn")
+    ex = dsub.add_parser(
+        "example", help="write a small example benchmark from images shipped with scikit-learn"
+    )
     ex.add_argument("--out", required=True)
     return ap
 
@@ -144,7 +176,11 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from vlmood.eval.runner import EvalOptions, format_table, run_eval
 
     D.init_distributed()
-    specs = [s for text in (args.scores or ["mcm,msp,maxlogit,energy,entropy,variance"]) for s in parse_score_arg(text)]
+    specs = [
+        s
+        for text in (args.scores or ["mcm,msp,maxlogit,energy,entropy,variance"])
+        for s in parse_score_arg(text)
+    ]
     sets = _build_sets(args)
     templates, template_origin = _templates(args, sets)
     model = _load_model(args)
@@ -181,12 +217,22 @@ def cmd_cache(args: argparse.Namespace) -> int:
     todo = [es.id] + [o.source for o in es.ood] + ([es.train] if es.train is not None else [])
     todo += [s.source for s in es.domain_shift + es.held_out]
     for src in todo:
-        fs = extract_features(model, src, kinds, cache_root=args.cache_dir, batch_size=args.batch_size,
-                              num_workers=args.workers, skip_corrupt=args.skip_corrupt,
-                              fingerprint=args.fingerprint, progress=not args.no_progress)
+        fs = extract_features(
+            model,
+            src,
+            kinds,
+            cache_root=args.cache_dir,
+            batch_size=args.batch_size,
+            num_workers=args.workers,
+            skip_corrupt=args.skip_corrupt,
+            fingerprint=args.fingerprint,
+            progress=not args.no_progress,
+        )
         if D.is_main():
-            print(f"{src.name}: {len(src)} images, encoded {fs.encoded}, {fs.timings.get('total_s', 0):.1f}s, "
-                  f"keys {fs.keys}")
+            print(
+                f"{src.name}: {len(src)} images, encoded {fs.encoded}, {fs.timings.get('total_s', 0):.1f}s, "
+                f"keys {fs.keys}"
+            )
     templates, _ = _templates(args, sets)
     class_text_features(model, es.classnames, templates, args.cache_dir)
     return 0
@@ -220,7 +266,9 @@ def cmd_scores(args: argparse.Namespace) -> int:
             continue
         sig = inspect.signature(factory)
         params = ", ".join(
-            f"{p.name}={p.default!r}" for p in sig.parameters.values() if p.default is not inspect.Parameter.empty
+            f"{p.name}={p.default!r}"
+            for p in sig.parameters.values()
+            if p.default is not inspect.Parameter.empty
         )
         doc = (inspect.getdoc(factory) or "").splitlines()
         print(f"{name:<12} {doc[0] if doc else ''}")
@@ -259,15 +307,22 @@ def report_ok(report: Any) -> bool:
     return bool(report.get("ok", False)) if isinstance(report, dict) else False
 
 
-COMMANDS = {"eval": cmd_eval, "cache": cmd_cache, "models": cmd_models, "scores": cmd_scores, "data": cmd_data}
+COMMANDS = {
+    "eval": cmd_eval,
+    "cache": cmd_cache,
+    "models": cmd_models,
+    "scores": cmd_scores,
+    "data": cmd_data,
+}
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.INFO,
+        level=logging.DEBUG if args.verbose else logging.WARNING,
         format="%(levelname)s %(name)s: %(message)s",
     )
+    logging.getLogger("vlmood").setLevel(logging.DEBUG if args.verbose else logging.INFO)
     from vlmood.data.base import DataError
     from vlmood.models.base import ModelLoadError
     from vlmood.registry import UnknownNameError

@@ -78,7 +78,9 @@ def write_example(out: str | os.PathLike, per_class: int = 30, size: int = 64, s
             c = int(rng.integers(96, 256))
             y = int(rng.integers(0, ph.shape[0] - c))
             x = int(rng.integers(0, ph.shape[1] - c))
-            Image.fromarray(ph[y : y + c, x : x + c]).resize((size, size), Image.BILINEAR).save(far / f"{j:03d}.jpg")
+            Image.fromarray(ph[y : y + c, x : x + c]).resize((size, size), Image.BILINEAR).save(
+                far / f"{j:03d}.jpg"
+            )
         (tmp / "classnames.txt").write_text("\n".join(DIGIT_NAMES[:5]) + "\n")
         (tmp / "example.yaml").write_text(EXAMPLE_YAML)
         (tmp / "LICENSE.txt").write_text(

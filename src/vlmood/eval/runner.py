@@ -224,8 +224,10 @@ def run_eval(
         recs = {}
         for ls in group:
             fs = extract_features(model, ls.source, ["image"], **extract_kw)
-            cls_text = text if ls.classnames == sets.classnames else class_text_features(
-                model, ls.classnames, opts.templates, opts.cache_dir
+            cls_text = (
+                text
+                if ls.classnames == sets.classnames
+                else class_text_features(model, ls.classnames, opts.templates, opts.cache_dir)
             )
             recs[ls.name] = {
                 "accuracy": zero_shot_accuracy(fs.get("image"), cls_text, fs.valid_labels()),

@@ -70,13 +70,19 @@ def sets_from_args(
             raise DataError(f"{id_data}: no class names; pass --classnames FILE (one name per line)")
         if any(lb < 0 for lb in src.labels):
             raise DataError(f"{id_data}: the ID set needs labels (a class folder, a labelled list or CSV)")
-        es = EvalSets(id=src, classnames=list(src.classnames), ood=[],
-                      classnames_origin=origin or f"folder names of {id_data}")
+        es = EvalSets(
+            id=src,
+            classnames=list(src.classnames),
+            ood=[],
+            classnames_origin=origin or f"folder names of {id_data}",
+        )
         resolved = ResolvedSets(es)
     if classnames and benchmark:
         names, _sha = load_classnames(classnames)
         if len(names) != len(es.classnames):
-            raise DataError(f"--classnames {classnames} has {len(names)} names, the benchmark's ID set {len(es.classnames)}")
+            raise DataError(
+                f"--classnames {classnames} has {len(names)} names, the benchmark's ID set {len(es.classnames)}"
+            )
         es.classnames, es.classnames_origin = list(names), str(classnames)
     for text in ood:
         group, name, path = parse_ood_arg(text)

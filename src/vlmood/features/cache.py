@@ -127,11 +127,16 @@ class ImageEntry:
         if manifest.get("key") != self.key or manifest.get("format") != CACHE_FORMAT:
             raise CacheError("manifest key or format does not match")
         data_path, valid_path = self.dir / "data.npy", self.dir / "valid.npy"
-        for p, expected in ((data_path, manifest.get("data_bytes")), (valid_path, manifest.get("valid_bytes"))):
+        for p, expected in (
+            (data_path, manifest.get("data_bytes")),
+            (valid_path, manifest.get("valid_bytes")),
+        ):
             if not p.exists():
                 raise CacheError(f"missing {p.name}")
             if p.stat().st_size != expected:
-                raise CacheError(f"{p.name} has {p.stat().st_size} bytes, manifest says {expected} (truncated?)")
+                raise CacheError(
+                    f"{p.name} has {p.stat().st_size} bytes, manifest says {expected} (truncated?)"
+                )
         try:
             arr = np.load(data_path, mmap_mode="r", allow_pickle=False)
         except (ValueError, OSError) as e:

@@ -155,7 +155,8 @@ def extract_features(
         "skip_corrupt": skip_corrupt,
     }
     entries = {
-        k: ImageEntry(root, image_cache_key(model_key, fp, k, skip_corrupt), k, meta=dict(meta)) for k in kinds
+        k: ImageEntry(root, image_cache_key(model_key, fp, k, skip_corrupt), k, meta=dict(meta))
+        for k in kinds
     }
     todo = [k for k, e in entries.items() if not e.is_complete()] if D.is_main() else None
     todo = D.broadcast_object(todo)
@@ -189,8 +190,13 @@ def extract_features(
         )
         t1 = time.perf_counter()
         n_rounds = (len(missing) + world - 1) // world
-        bar = tqdm(total=sum(r[1] - r[0] for r in (ranges[c] for c in missing)), desc=f"encode {source.name}",
-                   unit="img", disable=not (progress and D.is_main()), leave=False)
+        bar = tqdm(
+            total=sum(r[1] - r[0] for r in (ranges[c] for c in missing)),
+            desc=f"encode {source.name}",
+            unit="img",
+            disable=not (progress and D.is_main()),
+            leave=False,
+        )
         stream = _iter_chunks(model, loader, mine, ranges, todo) if indices else iter(())
         model.torch_module.eval()
         for _ in range(n_rounds):

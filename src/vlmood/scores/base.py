@@ -7,6 +7,7 @@ are unscaled, normalised class embeddings; temperatures are explicit parameters.
 
 from __future__ import annotations
 
+import inspect
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -53,8 +54,15 @@ class Score(ABC):
         return self
 
     def params(self) -> dict[str, Any]:
-        """Score parameters recorded in results."""
-        return {}
+        """Score parameters recorded in results.
+
+        Default: every constructor argument that the instance stores under the same name.
+        """
+        out: dict[str, Any] = {}
+        for name in inspect.signature(type(self).__init__).parameters:
+            if name != "self" and hasattr(self, name):
+                out[name] = getattr(self, name)
+        return out
 
     def artifacts(self) -> dict[str, Any]:
         """Extra things the score produced at fit time that results should carry (e.g. mined labels file)."""
@@ -63,12 +71,34 @@ class Score(ABC):
     @abstractmethod
     def _score_chunk(self, feats: dict[str, np.ndarray]) -> np.ndarray: ...
 
+    def _rows_per_chunk(self, image: np.ndarray, patch: np.ndarray | None) -> int:
+        """Rows scored at once; subclasses with wide intermediates bound memory here."""
+        return self.chunk_size
+
+    def _check_inputs(self, image: np.ndarray, patch: np.ndarray | None) -> None:
+        if not hasattr(self, "text_features"):
+            raise RuntimeError(f"{type(self).__name__}: call fit(ctx) before score()")
+        if image.ndim != 2:
+            raise ValueError(f"image features must be [N, D], got shape {image.shape}")
+        if "patch" in self.requires:
+            if patch is None:
+                raise ValueError(f"{type(self).__name__} needs patch features [N, P, D] (patch=...)")
+            if patch.ndim != 3 or patch.shape[0] != image.shape[0]:
+                raise ValueError(
+                    f"patch features must be [N, P, D] with N={image.shape[0]}, got shape {patch.shape}"
+                )
+
     def score(self, image: np.ndarray, patch: np.ndarray | None = None) -> np.ndarray:
-        """ID scores (float64, higher = more ID) for [N, D] image features, chunked."""
+        """ID scores (float64, higher = more ID) for [N, D] image features, chunked.
+
+        Inputs (possibly memory maps, any float dtype) are never modified.
+        """
+        self._check_inputs(image, patch)
         n = image.shape[0]
         out = np.empty(n, dtype=np.float64)
-        for s in range(0, n, self.chunk_size):
-            e = min(n, s + self.chunk_size)
+        rows = max(1, int(self._rows_per_chunk(image, patch)))
+        for s in range(0, n, rows):
+            e = min(n, s + rows)
             feats = {"image": np.asarray(image[s:e], dtype=np.float32)}
             if patch is not None:
                 feats["patch"] = np.asarray(patch[s:e], dtype=np.float32)
