@@ -24,7 +24,7 @@ fi
 stamp="$VENV/.vlmood-setup-$(sha256sum pyproject.toml | cut -c1-16)"
 if [ ! -f "$stamp" ] || ! "$VPY" -c "import vlmood" >/dev/null 2>&1; then
   echo "[setup] installing vlmood (editable) with dev extras"
-  "$VPY" -m pip install -q -e ".[dev]"
+  "$VPY" -m pip install -q -e ".[dev]" --config-settings editable_mode=compat
   touch "$stamp"
 fi
 echo "[setup] ready: $VPY ($("$VPY" -c 'import torch, open_clip; print("torch", torch.__version__, "open_clip", open_clip.__version__)'))"

