@@ -123,6 +123,39 @@ def build_parser() -> argparse.ArgumentParser:
     ca.add_argument("--kinds", default="image", help="comma list of image, preproj, patch")
     ca.add_argument("--templates", default=None)
 
+    pt = sub.add_parser("pretrain", help="contrastive image-text pretraining of a small CLIP from scratch")
+    pt.add_argument("--data", nargs="+", required=True, help="prepared source folders, each with a pairs.csv")
+    pt.add_argument(
+        "--exclude", nargs="*", default=[], help="files listing images to keep out (evaluation images)"
+    )
+    pt.add_argument("--model-config", default="vlmood-tiny", help="architecture JSON (file or packaged name)")
+    pt.add_argument(
+        "--text-tower",
+        default="minilm",
+        choices=["minilm", "own"],
+        help="minilm: locked packaged MiniLM encoder (projection trains); own: train the arch's text tower",
+    )
+    pt.add_argument("--epochs", type=int, default=15)
+    pt.add_argument("--batch-size", type=int, default=256)
+    pt.add_argument("--lr", type=float, default=5e-4)
+    pt.add_argument("--weight-decay", type=float, default=0.1)
+    pt.add_argument("--warmup-steps", type=int, default=100)
+    pt.add_argument("--grad-accum", type=int, default=1)
+    pt.add_argument(
+        "--precision",
+        default="auto",
+        choices=["auto", "fp32", "bf16", "fp16"],
+        help="auto: bf16 autocast (CUDA and CPU)",
+    )
+    pt.add_argument("--seed", type=int, default=0)
+    pt.add_argument("--workers", type=int, default=1)
+    pt.add_argument("--device", default="auto")
+    pt.add_argument("--out", required=True)
+    pt.add_argument(
+        "--resume", action="store_true", help="continue the run in --out from its last checkpoint"
+    )
+    pt.add_argument("--no-progress", action="store_true")
+
     sub.add_parser("models", help="list registered models and spec forms")
     sc = sub.add_parser("scores", help="list registered OOD scores and their parameters")
     sc.add_argument("pattern", nargs="?", default="*")
@@ -238,6 +271,43 @@ def cmd_cache(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_pretrain(args: argparse.Namespace) -> int:
+    from vlmood import distributed as D
+    from vlmood.train.engine import TrainConfig
+    from vlmood.train.pretrain import PretrainConfig, pretrain
+
+    D.init_distributed()
+    device = _auto_device(args.device)
+    if device == "cuda" and D.is_initialized():
+        device = str(D.default_device())
+    precision = "bf16" if args.precision == "auto" else args.precision
+    cfg = PretrainConfig(
+        data=args.data,
+        out=args.out,
+        model_config=args.model_config,
+        text_tower=args.text_tower,
+        exclude=args.exclude,
+        device=device,
+        train=TrainConfig(
+            epochs=args.epochs,
+            batch_size=args.batch_size,
+            lr=args.lr,
+            optimizer="adamw",
+            betas=(0.9, 0.98),
+            weight_decay=args.weight_decay,
+            warmup_steps=args.warmup_steps,
+            grad_accum=args.grad_accum,
+            precision=precision,
+            seed=args.seed,
+            num_workers=args.workers,
+        ),
+    )
+    summary = pretrain(cfg, resume=args.resume, progress=not args.no_progress)
+    if D.is_main():
+        print(json.dumps(summary, indent=2))
+    return 0
+
+
 def cmd_models(args: argparse.Namespace) -> int:
     from vlmood.models import list_models
 
@@ -326,10 +396,18 @@ def main(argv: list[str] | None = None) -> int:
     from vlmood.data.base import DataError
     from vlmood.models.base import ModelLoadError
     from vlmood.registry import UnknownNameError
+    from vlmood.train.engine import TrainingDivergedError
 
     try:
         return COMMANDS[args.cmd](args)
-    except (DataError, ModelLoadError, UnknownNameError, FileNotFoundError, ValueError) as e:
+    except (
+        DataError,
+        ModelLoadError,
+        UnknownNameError,
+        FileNotFoundError,
+        ValueError,
+        TrainingDivergedError,
+    ) as e:
         if args.verbose:
             raise
         print(f"vlmood {args.cmd}: error: {e}", file=sys.stderr)

@@ -242,7 +242,13 @@ class OpenClipVLM(VLM):
             return torch.empty(0, self.embed_dim, device=self.device)
         tokens = self.tokenize(texts)
         pool_idx = self._pool_index(tokens) if self._truncatable_text else None
-        order = torch.argsort(pool_idx, stable=True) if pool_idx is not None else torch.arange(len(texts))
+        hf_len = self._hf_lengths(tokens) if pool_idx is None else None
+        if pool_idx is not None:
+            order = torch.argsort(pool_idx, stable=True)
+        elif hf_len is not None:
+            order = torch.argsort(hf_len, stable=True)
+        else:
+            order = torch.arange(len(texts))
         out = torch.empty(len(texts), self.embed_dim, device=self.device)
         with torch.no_grad(), self.autocast():
             for i in range(0, len(texts), batch_size):
@@ -251,6 +257,11 @@ class OpenClipVLM(VLM):
                 if pool_idx is not None:
                     batch = batch[:, : int(pool_idx[idx].max()) + 1]
                     feats = self._encode_tokens_truncated(batch.to(self.device, non_blocking=True))
+                elif hf_len is not None:
+                    # Hugging Face towers mask padding out of attention and pooling: dropping the
+                    # all-padding columns of a batch leaves the embeddings unchanged
+                    batch = batch[:, : int(hf_len[idx].max())]
+                    feats = self.model.encode_text(batch.to(self.device, non_blocking=True))
                 else:
                     feats = self.model.encode_text(batch.to(self.device, non_blocking=True))
                 out[idx.to(self.device)] = F.normalize(feats.float(), dim=-1)
@@ -285,6 +296,20 @@ class OpenClipVLM(VLM):
     def _eos_id(self) -> int | None:
         tower = self.text_tower
         return getattr(tower, "text_eos_id", None) or getattr(tower, "eos_id", None)
+
+    def _hf_lengths(self, tokens: torch.Tensor) -> torch.Tensor | None:
+        """Non-padding lengths for an open_clip HFTextEncoder with a masked pooler, else None."""
+        tower = getattr(self.model, "text", None)
+        pad = getattr(getattr(tower, "config", None), "pad_token_id", None)
+        pooler = type(getattr(tower, "pooler", None)).__name__
+        if pad is None or pooler not in ("MeanPooler", "MaxPooler", "ClsPooler"):
+            return None
+        if bool((tokens[:, -1] != pad).any()) and pooler == "ClsPooler":
+            return None
+        nonpad = tokens != pad
+        # length = last non-padding position + 1 (padding is only at the end)
+        pos = torch.arange(tokens.shape[1]).expand_as(tokens)
+        return torch.where(nonpad, pos + 1, torch.zeros_like(pos)).max(dim=1).values.clamp(min=1)
 
     def _pool_index(self, tokens: torch.Tensor) -> torch.Tensor:
         if self._text_pool_type() == "eos":

@@ -1,0 +1,205 @@
+"""``write_report``: results.json file(s) -> index.html + report.md + figures/*.png, written atomically."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import shutil
+import struct
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from vlmood.report import figures as F
+from vlmood.report.html import Fig, RunSection, render_page
+from vlmood.report.load import RawScores, ReportError, Run, load_runs, slug
+from vlmood.report.markdown import render_markdown
+from vlmood.report.tables import accuracy_table, bar_values, comparison_table, metric_table, provenance
+
+log = logging.getLogger(__name__)
+
+FIG_DIR = "figures"
+
+
+def _png_size(path: Path) -> tuple[int, int]:
+    """Display size in CSS pixels (96 per inch) of a PNG saved at ``F.DPI``: crisp on HiDPI screens."""
+    with open(path, "rb") as f:
+        head = f.read(24)
+    if head[:8] != b"\x89PNG\r\n\x1a\n":
+        return 0, 0
+    w, h = struct.unpack(">II", head[16:24])
+    return round(w * 96 / F.DPI), round(h * 96 / F.DPI)
+
+
+def _finite_raw(run: Run, label: str, raw: RawScores) -> RawScores | None:
+    """Drop non-finite values (with a note); None if ID or every OOD set is left empty."""
+    dropped = 0
+    ood = {}
+    for n, v in raw.ood.items():
+        ok = v[np.isfinite(v)]
+        dropped += v.size - ok.size
+        if ok.size:
+            ood[n] = ok
+    idv = raw.id[np.isfinite(raw.id)]
+    dropped += raw.id.size - idv.size
+    if dropped:
+        run.notes.append(f"score {label!r}: {dropped} non-finite raw score(s) left out of the figures")
+    if idv.size == 0 or not ood:
+        run.notes.append(f"score {label!r}: no usable raw scores for figures")
+        return None
+    return RawScores(id=idv, ood=ood)
+
+
+def _run_figures(run: Run, index: int, fig_dir: Path, score_colours: dict[str, int]) -> list[Fig]:
+    raw: dict[str, RawScores] = {}
+    for label in run.scores:
+        r = run.raw(label)
+        if r is not None:
+            r = _finite_raw(run, label, r)
+        if r is not None:
+            raw[label] = r
+    if not raw:
+        if run.scores:
+            run.notes.append(
+                "no figures for this run: raw scores are unavailable (the tables above come from results.json)"
+            )
+        return []
+    missing = [s for s in run.scores if s not in raw]
+    if missing:
+        run.notes.append(f"figures leave out score(s) without raw scores: {', '.join(missing)}")
+    stem = f"run{index + 1}-{slug(run.label)}"
+    out: list[Fig] = []
+    jobs = (
+        (
+            "roc",
+            lambda p: F.plot_roc(raw, run.ood_sets, score_colours, p),
+            "ROC curves per OOD set (ID = positive; dashed line: TPR 95%)",
+        ),
+        (
+            "hist",
+            lambda p: F.plot_histograms(raw, run.ood_sets, p),
+            "Score distributions: ID vs each OOD set (density)",
+        ),
+    )
+    for kind, fn, caption in jobs:
+        path = fig_dir / f"{stem}-{kind}.png"
+        try:
+            fn(path)
+        except Exception as e:  # a figure must never cost the tables
+            log.warning("report: %s figure for %s failed: %s", kind, run.label, e)
+            run.notes.append(f"{kind} figure could not be drawn: {e}")
+            continue
+        w, h = _png_size(path)
+        out.append(Fig(src=f"{FIG_DIR}/{path.name}", caption=f"{caption} — {run.label}", width=w, height=h))
+    return out
+
+
+def _default_title(runs: list[Run]) -> str:
+    benches = {str(r.results.get("benchmark")) for r in runs if r.results.get("benchmark")}
+    return f"vlmood report: {benches.pop()}" if len(benches) == 1 else "vlmood report"
+
+
+def _commit(stage: Path, out: Path) -> None:
+    """Move the staged report into ``out``: figures/ swapped as a folder, then report.md, index.html last."""
+    old = None
+    target = out / FIG_DIR
+    if target.exists():
+        old = Path(tempfile.mkdtemp(prefix=".figures-old-", dir=out))
+        os.replace(target, old / FIG_DIR)
+    os.replace(stage / FIG_DIR, target)
+    os.replace(stage / "report.md", out / "report.md")
+    os.replace(stage / "index.html", out / "index.html")
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def write_report(
+    results_paths: list[str | os.PathLike] | str | os.PathLike,
+    out_dir: str | os.PathLike,
+    title: str | None = None,
+) -> dict[str, Any]:
+    """Write ``index.html``, ``report.md`` and ``figures/*.png`` under ``out_dir`` for one or more runs.
+
+    Each entry of ``results_paths`` is a ``results.json`` (schema ``vlmood.results/1``) or a folder
+    holding one. Raw scores (``scores/<label>.npz`` beside it) feed the ROC and histogram figures;
+    without them the tables are still written, with a note. Raises :class:`ReportError` (a
+    ``ValueError``) naming the file for a missing path, invalid JSON or another schema version.
+
+    Returns a summary: paths of the page, the Markdown file and the figures, the run labels, notes.
+    """
+    runs = load_runs(results_paths)  # every input is checked before anything is written
+    out = Path(out_dir).expanduser()
+    if out.exists() and not out.is_dir():
+        raise ReportError(f"{out}: output path exists and is not a folder")
+    out.mkdir(parents=True, exist_ok=True)
+    title = title or _default_title(runs)
+    stage = Path(tempfile.mkdtemp(prefix=".report-", dir=out))
+    try:
+        fig_dir = stage / FIG_DIR
+        fig_dir.mkdir()
+        all_scores: list[str] = []
+        for r in runs:
+            all_scores.extend(s for s in r.scores if s not in all_scores)
+        score_colours = {s: i for i, s in enumerate(all_scores)}
+
+        sections = []
+        for i, r in enumerate(runs):
+            figs = _run_figures(r, i, fig_dir, score_colours)
+            sections.append(
+                RunSection(
+                    anchor=f"run-{i + 1}",
+                    label=r.label,
+                    table=metric_table(r, i),
+                    figures=figs,
+                    notes=r.notes,
+                )
+            )
+        global_notes: list[str] = []
+        bar_scores, values = bar_values(runs)
+        bars = None
+        if bar_scores:
+            path = fig_dir / "compare-bars.png"
+            try:
+                F.plot_bars(bar_scores, [r.label for r in runs], values, path)
+                w, h = _png_size(path)
+                cap = "Mean over OOD sets per score" + (", one bar per run" if len(runs) > 1 else "")
+                bars = Fig(src=f"{FIG_DIR}/{path.name}", caption=cap, width=w, height=h)
+            except Exception as e:
+                log.warning("report: bar chart failed: %s", e)
+                global_notes.append(f"bar chart could not be drawn: {e}")
+        comparison = comparison_table(runs) if len(runs) > 1 else None
+        accuracy = accuracy_table(runs)
+        prov = [provenance(r) for r in runs]
+        labels = [r.label for r in runs]
+        now = time.strftime("%Y-%m-%d %H:%M")
+        subtitle = f"{len(runs)} run{'s' if len(runs) > 1 else ''} · generated {now}"
+        try:
+            from importlib.metadata import version
+
+            footer = f"vlmood {version('vlmood')} · {now}"
+        except Exception:
+            footer = f"vlmood · {now}"
+        page = render_page(
+            title, subtitle, labels, prov, accuracy, comparison, bars, sections, global_notes, footer
+        )
+        mdtext = render_markdown(
+            title, subtitle, labels, prov, accuracy, comparison, bars, sections, global_notes
+        )
+        (stage / "index.html").write_text(page, encoding="utf-8")
+        (stage / "report.md").write_text(mdtext, encoding="utf-8")
+        fig_names = sorted(p.name for p in fig_dir.iterdir())
+        _commit(stage, out)
+    finally:
+        with contextlib.suppress(OSError):
+            shutil.rmtree(stage)
+    return {
+        "index": str(out / "index.html"),
+        "markdown": str(out / "report.md"),
+        "figures": [str(out / FIG_DIR / n) for n in fig_names],
+        "runs": [{"label": r.label, "results": str(r.path), "notes": list(r.notes)} for r in runs],
+        "notes": global_notes,
+    }
