@@ -9,6 +9,16 @@ VENV="${VLMOOD_VENV:-.venv}"
 TORCH_REQ="${VLMOOD_TORCH:-torch==2.14.1 torchvision==0.29.1}"
 PY="${PYTHON:-python3}"
 
+# System packages: Chromium for the report's browser test (tests only; skip with VLMOOD_NO_APT=1).
+if [ -z "${VLMOOD_NO_APT:-}" ] && ! command -v chromium >/dev/null 2>&1; then
+  if [ "$(id -u)" = "0" ] && command -v apt-get >/dev/null 2>&1; then
+    echo "[setup] installing chromium (apt) for the report's browser test"
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium >/dev/null
+  else
+    echo "[setup] chromium is missing: run 'sudo apt-get install -y --no-install-recommends chromium' (browser test)"
+  fi
+fi
+
 if [ ! -x "$VENV/bin/python" ]; then
   echo "[setup] creating virtual environment $VENV"
   "$PY" -m venv "$VENV"
@@ -22,7 +32,9 @@ if ! "$VPY" -c "import torch, torchvision" >/dev/null 2>&1; then
   "$VPY" -m pip install -q $TORCH_REQ
 fi
 stamp="$VENV/.vlmood-setup-$(sha256sum pyproject.toml | cut -c1-16)"
-if [ ! -f "$stamp" ] || ! "$VPY" -c "import vlmood" >/dev/null 2>&1; then
+# (re)install when the dependencies changed or vlmood is not imported from THIS checkout's src/
+here="$(pwd -P)/src/vlmood"
+if [ ! -f "$stamp" ] || ! "$VPY" -c "import os, sys, vlmood; sys.exit(os.path.realpath(os.path.dirname(vlmood.__file__)) != '$here')" >/dev/null 2>&1; then
   echo "[setup] installing vlmood (editable) with dev extras"
   "$VPY" -m pip install -q -e ".[dev]" --config-settings editable_mode=compat
   touch "$stamp"

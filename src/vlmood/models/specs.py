@@ -591,3 +591,31 @@ def tiny_test(
         image_size=image_size,
         spec=spec,
     )
+
+
+@register_model("vlmood-tiny")
+def vlmood_tiny(
+    *,
+    device: str | torch.device = "cpu",
+    precision: str = "fp32",
+    quick_gelu: bool | None = None,
+    image_size: int | None = None,
+    seed: int = 0,
+    spec: str = "vlmood-tiny",
+) -> VLM:
+    """vlmood's own small CLIP (shipped weights, offline): a 64 px ViT image tower trained from
+    scratch on ~11.5k offline image-text pairs + the locked packaged MiniLM text encoder. See
+    ``resources/models/vlmood-tiny/MODEL_CARD.md`` for data, classes seen and metrics."""
+    from importlib import resources
+
+    from vlmood.models.minilm_clip import load_minilm_clip_dir
+
+    if image_size is not None:
+        raise ModelLoadError("vlmood-tiny was trained at 64 px; image_size cannot be changed")
+    d = Path(str(resources.files("vlmood") / "resources" / "models" / "vlmood-tiny"))
+    if not (d / "model.safetensors").is_file():
+        raise ModelLoadError(
+            f"vlmood-tiny's weights are missing from {d}; reinstall vlmood or rebuild them with "
+            f"scripts/train_vlmood_tiny.sh"
+        )
+    return load_minilm_clip_dir(d, device=device, precision=precision, spec=spec, arch="vlmood-tiny")

@@ -56,6 +56,8 @@ def _finite_raw(run: Run, label: str, raw: RawScores) -> RawScores | None:
 
 def _run_figures(run: Run, index: int, fig_dir: Path, score_colours: dict[str, int]) -> list[Fig]:
     raw: dict[str, RawScores] = {}
+    if not run.scores:
+        run.notes.append("this results file holds no scores")
     for label in run.scores:
         r = run.raw(label)
         if r is not None:
@@ -82,7 +84,7 @@ def _run_figures(run: Run, index: int, fig_dir: Path, score_colours: dict[str, i
         (
             "hist",
             lambda p: F.plot_histograms(raw, run.ood_sets, p),
-            "Score distributions: ID vs each OOD set (density)",
+            "Score distributions (higher = more ID): ID vs each OOD set, density-normalised",
         ),
     )
     for kind, fn, caption in jobs:

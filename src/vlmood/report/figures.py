@@ -15,8 +15,8 @@ import numpy as np
 
 from vlmood.report.load import RawScores
 
-# Okabe & Ito (2008), "Color Universal Design"; black moved last, yellow next to last (low contrast).
-PALETTE = ("#0072B2", "#E69F00", "#009E73", "#D55E00", "#CC79A7", "#56B4E9", "#F0E442", "#000000")
+# Okabe & Ito (2008), "Color Universal Design"; yellow (low contrast on white) last.
+PALETTE = ("#0072B2", "#E69F00", "#009E73", "#D55E00", "#CC79A7", "#56B4E9", "#000000", "#F0E442")
 ID_COLOUR = "#3B3B3B"
 LINESTYLES = ("-", "--", "-.", ":")
 DPI = 150
@@ -39,6 +39,8 @@ RC = {
     "figure.dpi": DPI,
     "savefig.dpi": DPI,
     "lines.linewidth": 1.6,
+    "axes.formatter.offset_threshold": 2,
+    "axes.formatter.limits": (-3, 4),
 }
 
 
@@ -160,6 +162,19 @@ def plot_roc(
         _save(fig, path)
 
 
+def _view_range(v: np.ndarray) -> tuple[float, float]:
+    """The full range, or the 0.5-99.5 percentile range when a few outliers would squash the rest."""
+    lo, hi = float(v.min()), float(v.max())
+    if v.size >= 20:
+        plo, phi = (float(x) for x in np.percentile(v, [0.5, 99.5]))
+        if phi > plo and (hi - lo) > 5 * (phi - plo):
+            pad = 0.05 * (phi - plo)
+            lo, hi = plo - pad, phi + pad
+    if hi <= lo:
+        lo, hi = lo - 0.5, hi + 0.5
+    return lo, hi
+
+
 def plot_histograms(
     raw: dict[str, RawScores],
     ood_sets: Sequence[str],
@@ -188,11 +203,22 @@ def plot_histograms(
             if allv.size == 0:
                 ax.text(0.5, 0.5, "no finite scores", ha="center", va="center", transform=ax.transAxes)
             else:
-                lo, hi = float(allv.min()), float(allv.max())
-                if hi <= lo:
-                    lo, hi = lo - 0.5, hi + 0.5
+                lo, hi = _view_range(allv)
                 edges = np.linspace(lo, hi, bins + 1)
+                outside = int(np.sum((allv < lo) | (allv > hi)))
+                if outside:
+                    ax.text(
+                        0.02,
+                        0.97,
+                        f"{outside} outlier(s) beyond the axis",
+                        transform=ax.transAxes,
+                        ha="left",
+                        va="top",
+                        fontsize=7.5,
+                        color="#555555",
+                    )
                 for n, v, c in finite:
+                    v = v[(v >= lo) & (v <= hi)]
                     if v.size == 0:
                         continue
                     dens, _ = np.histogram(v, bins=edges, density=True)
@@ -200,9 +226,10 @@ def plot_histograms(
                     line = ax.stairs(dens, edges, color=c, lw=1.3)
                     handles.setdefault(n, (fill, line))
             ax.set_title(label)
-            ax.xaxis.set_major_locator(MaxNLocator(nbins=5))
-            ax.set_xlabel("score (higher = more ID)")
+            ax.xaxis.set_major_locator(MaxNLocator(nbins=4))
+            ax.set_xlabel("ID score")
             ax.set_ylabel("density")
+            ax.tick_params(axis="y", labelleft=False, length=0)  # density values carry no meaning here
         for ax in axes[len(labels) :]:
             ax.set_visible(False)
         if handles:

@@ -189,8 +189,8 @@ def load_runs(paths: list[str | os.PathLike]) -> list[Run]:
         raise ReportError("no results given: pass at least one results.json (or a folder holding one)")
     runs = [load_run(p) for p in paths]
     labels = [r.model_name for r in runs]
-    if len(set(labels)) != len(labels):
-        labels = [f"{r.model_name} [{r.folder.name}]" for r in runs]
+    dup = {lab for lab in labels if labels.count(lab) > 1}
+    labels = [f"{lab} [{r.folder.name}]" if lab in dup else lab for lab, r in zip(labels, runs)]
     if len(set(labels)) != len(labels):
         labels = [f"{lab} #{i + 1}" for i, lab in enumerate(labels)]
     for r, lab in zip(runs, labels):

@@ -218,15 +218,24 @@ def build_model(cfg: PretrainConfig, model_cfg: dict[str, Any]):
 
 @torch.no_grad()
 def minilm_pooled(model, tokenizer, texts: list[str], batch_size: int = 512, device="cpu") -> torch.Tensor:
-    """Pooled (pre-projection) MiniLM features of ``texts``: [N, 384]."""
-    out = []
+    """Pooled (pre-projection) MiniLM features of ``texts``: [N, 384].
+
+    Texts are sorted by token length and each batch is cut to its longest text (padding is
+    masked out of attention and pooling, so this changes nothing but the cost).
+    """
     text = model.text
+    pad = text.config.pad_token_id
+    tokens = tokenizer(texts)
+    lengths = (tokens != pad).long().cumsum(1).argmax(1) + 1
+    order = torch.argsort(lengths, stable=True)
+    out = torch.empty(len(texts), text.transformer.config.hidden_size)
     for i in range(0, len(texts), batch_size):
-        tok = tokenizer(texts[i : i + batch_size]).to(device)
-        attn = (tok != text.config.pad_token_id).long()
+        idx = order[i : i + batch_size]
+        tok = tokens[idx, : int(lengths[idx].max())].to(device)
+        attn = (tok != pad).long()
         h = text.transformer(input_ids=tok, attention_mask=attn)
-        out.append(text.pooler(h, attn).float().cpu())
-    return torch.cat(out)
+        out[idx] = text.pooler(h, attn).float().cpu()
+    return out
 
 
 def pretrain(cfg: PretrainConfig, resume: bool = False, progress: bool = True) -> dict[str, Any]:

@@ -35,6 +35,7 @@ from __future__ import annotations
 import html
 import os
 import re
+import warnings
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -127,8 +128,10 @@ HUGE_PIXELS = 16_000_000
 
 def _pixels(path: str) -> int:
     try:
-        with Image.open(path) as im:
-            return im.size[0] * im.size[1]
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(path) as im:
+                return im.size[0] * im.size[1]
     except Exception:
         return 0
 
@@ -197,7 +200,10 @@ def prepare_openclipart(
                 skips.add(svg, str(e))
                 continue
             title, keywords = meta["title"], meta["keywords"]
-            caption = title if title and title.lower() not in ("untitled", "title") else ", ".join(keywords)
+            creators = {c.lower() for c in meta["creators"]}
+            if title.lower() in creators or title.lower() in ("untitled", "title"):
+                title = ""  # some artists put their own name in the title
+            caption = title or ", ".join(keywords)
             if not caption:
                 skips.add(svg, "no caption: the SVG has no dc:title and no keywords")
                 continue

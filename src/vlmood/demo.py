@@ -1,0 +1,104 @@
+"""`vlmood demo`: vlmood-tiny on the bundled emoji demo set, every main score, a table and a report.
+
+The demo set (``resources/demo/emoji-demo.zip``, built by ``scripts/build_demo_set.py``) is
+extracted once into the cache folder (atomically), then evaluated like any benchmark.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import sys
+import tempfile
+import zipfile
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from vlmood.data.base import DataError
+from vlmood.features.cache import default_cache_root
+from vlmood.utils import sha256_file
+
+log = logging.getLogger(__name__)
+
+DEMO_ZIP = "emoji-demo.zip"
+
+
+def demo_zip_path() -> Path:
+    p = Path(str(resources.files("vlmood") / "resources" / "demo" / DEMO_ZIP))
+    if not p.is_file():
+        raise DataError(
+            f"the bundled demo set {p} is missing; reinstall vlmood or run scripts/build_demo_set.py"
+        )
+    return p
+
+
+def extract_demo(cache_root: str | os.PathLike | None = None) -> Path:
+    """Extract the demo set (once per zip content) and return the folder holding demo.yaml."""
+    zpath = demo_zip_path()
+    root = Path(cache_root) if cache_root is not None else default_cache_root()
+    target = root / "demo" / sha256_file(zpath)[:16]
+    if (target / "demo.yaml").is_file():
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=".demo-", dir=target.parent))
+    try:
+        with zipfile.ZipFile(zpath) as z:
+            for name in z.namelist():
+                dest = (tmp / name).resolve()
+                if not str(dest).startswith(str(tmp.resolve())):
+                    raise DataError(f"{zpath}: unsafe path {name!r} in the archive")
+            z.extractall(tmp)
+        try:
+            os.replace(tmp, target)
+        except OSError:  # another process got there first
+            shutil.rmtree(tmp, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return target
+
+
+def demo_scores(folder: Path) -> list[Any]:
+    """MCM, NegLabel (with the shipped mined labels when present), energy, max-logit, KNN."""
+    from vlmood.eval.runner import ScoreSpec
+
+    labels = folder / "neglabel_labels.json"
+    neg = ScoreSpec("neglabel", {"labels_file": str(labels)} if labels.is_file() else {})
+    return [ScoreSpec("mcm"), neg, ScoreSpec("energy"), ScoreSpec("maxlogit"), ScoreSpec("knn")]
+
+
+def run_demo(
+    out: str | os.PathLike = "runs/demo",
+    model: str = "vlmood-tiny",
+    device: str = "cpu",
+    report: bool = True,
+    progress: bool = True,
+    cache_dir: str | os.PathLike | None = None,
+) -> dict[str, Any]:
+    from vlmood.eval.runner import EvalOptions, format_table, run_eval
+    from vlmood.eval.sets import sets_from_args
+    from vlmood.models import load_model
+
+    folder = extract_demo(cache_dir)
+    resolved = sets_from_args(benchmark=str(folder / "demo.yaml"))
+    vlm = load_model(model, device=device, precision="bf16" if device.startswith("cuda") else "fp32")
+    opts = EvalOptions(
+        templates=list(resolved.templates or ["a photo of a {}."]),
+        templates_origin=resolved.templates_origin or "simple",
+        cache_dir=str(cache_dir) if cache_dir else None,
+        progress=progress,
+        command=sys.argv,
+    )
+    results = run_eval(vlm, resolved.eval_sets, demo_scores(folder), out, opts)
+    print(format_table(results))
+    print(f"\nresults: {Path(out) / 'results.json'}")
+    if report:
+        from vlmood.report import write_report
+
+        info = write_report(
+            [Path(out) / "results.json"], Path(out) / "report", title="vlmood demo: vlmood-tiny on emoji"
+        )
+        print(f"report:  {info['index']}")
+    return results
