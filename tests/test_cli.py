@@ -188,3 +188,31 @@ def test_parse_score_arg_types():
     assert spec.params == {"ngroup": 10, "temperature": 0.01, "labels_file": None}
     assert [s.name for s in parse_score_arg("mcm, energy")] == ["mcm", "energy"]
     assert spec.label == "neglabel(labels_file=None,ngroup=10,temperature=0.01)"
+
+
+def test_cache_command_precomputes_then_eval_encodes_nothing(example, tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("VLMOOD_CACHE", str(tmp_path / "cache"))
+    rc = main(
+        [
+            "cache",
+            "--model",
+            "tiny-test",
+            "--benchmark",
+            str(example),
+            "--kinds",
+            "image,patch",
+            "--workers",
+            "0",
+            "--no-progress",
+        ]
+    )
+    out = capsys.readouterr().out
+    assert rc == 0 and "encoded 40" in out
+    rc, out, err = _eval(
+        ["--benchmark", str(example), "--scores", "glmcm,knn", "--out", str(tmp_path / "r")], capsys
+    )
+    assert rc == 0, err
+    res = json.loads((tmp_path / "r" / "results.json").read_text())
+    assert all(
+        d["cache"]["encoded_now"] == 0 for d in [res["datasets"]["id"], *res["datasets"]["ood"].values()]
+    )
