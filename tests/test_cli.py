@@ -137,6 +137,8 @@ def test_eval_with_explicit_paths_and_skip_corrupt(example, tmp_path, capsys, mo
     [
         (["--scores", "nosuchscore"], "unknown score 'nosuchscore'"),
         (["--scores", "knn"], "need ID training features"),
+        (["--score", "mcm:temp=0.5"], "score 'mcm' has no parameter 'temp'; its parameters: temperature"),
+        (["--score", "mcm:temperature=-1"], "score mcm(temperature=-1)"),
         ([], "no OOD sets"),
     ],
 )
@@ -188,6 +190,15 @@ def test_parse_score_arg_types():
     assert spec.params == {"ngroup": 10, "temperature": 0.01, "labels_file": None}
     assert [s.name for s in parse_score_arg("mcm, energy")] == ["mcm", "energy"]
     assert spec.label == "neglabel(labels_file=None,ngroup=10,temperature=0.01)"
+    (spec,) = parse_score_arg("neglabel:percentile=9e-1,ngroup=1e2")  # YAML 1.1 reads 9e-1 as a string
+    assert spec.params == {"percentile": 0.9, "ngroup": 100.0}
+
+
+def test_results_json_is_strict(tmp_path):
+    from vlmood.utils import atomic_write_json
+
+    atomic_write_json(tmp_path / "r.json", {"acc": float("nan"), "xs": [1.0, float("inf")]})
+    assert json.loads((tmp_path / "r.json").read_text()) == {"acc": None, "xs": [1.0, None]}
 
 
 def test_cache_command_precomputes_then_eval_encodes_nothing(example, tmp_path, capsys, monkeypatch):

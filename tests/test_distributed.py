@@ -57,3 +57,35 @@ def test_two_process_gloo_extraction_equals_single_process(digit_folder, tmp_pat
     seen = [int((out / f"seen_rank{r}.txt").read_text()) for r in (0, 1)]
     # 15 images in 5 chunks of 3: rank 0 gets chunks 0, 2, 4 (9 images), rank 1 gets 1, 3 (6)
     assert seen == [9, 6]
+
+
+def test_two_process_ddp_training_keeps_ranks_in_sync(tmp_path):
+    import torch
+
+    env = dict(
+        os.environ,
+        OMP_NUM_THREADS="1",
+        PYTHONPATH=os.pathsep.join(
+            [str(Path(__file__).parents[1] / "src"), os.environ.get("PYTHONPATH", "")]
+        ),
+    )
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node",
+        "2",
+        str(Path(__file__).parent / "dist_train_worker.py"),
+        str(tmp_path),
+    ]
+    res = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    w0 = torch.load(tmp_path / "weights_rank0.pt", weights_only=True)
+    w1 = torch.load(tmp_path / "weights_rank1.pt", weights_only=True)
+    torch.manual_seed(0)
+    init = torch.nn.Sequential(torch.nn.Linear(5, 8), torch.nn.ReLU(), torch.nn.Linear(8, 1)).state_dict()
+    for k in w0:
+        torch.testing.assert_close(w0[k], w1[k], rtol=0, atol=0, msg=k)  # gradients were all-reduced
+        assert not torch.equal(w0[k], init[k]), k  # and training happened
+    assert (tmp_path / "run" / "last.pt").exists()

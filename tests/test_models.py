@@ -535,3 +535,25 @@ def test_hf_identity_does_not_depend_on_directory(tmp_path):
     a, b = load_model(f"hf:{d}"), load_model(f"hf:{other}")
     assert a.identity.key == b.identity.key
     assert load_model(f"hf:{d}", precision="bf16").identity.key != a.identity.key
+
+
+def test_hf_preprocessing_options_change_the_identity(tmp_path):
+    """Resize size, do_normalize etc. are not all in PreprocessSpec; they must still change the key."""
+    import json as _json
+
+    from vlmood.models.hf_backend import _preprocess_from_dir
+
+    def spec_for(cfg):
+        d = tmp_path / str(len(list(tmp_path.iterdir())))
+        d.mkdir()
+        (d / "preprocessor_config.json").write_text(_json.dumps(cfg))
+        return _preprocess_from_dir(d, 224)[2]
+
+    base = {"size": {"shortest_edge": 224}, "crop_size": {"height": 224, "width": 224}}
+    keys = {
+        spec_for(base),
+        spec_for({**base, "size": {"shortest_edge": 256}}),
+        spec_for({**base, "do_normalize": False}),
+    }
+    assert len(keys) == 3
+    assert spec_for(base) in keys  # stable for the same config

@@ -14,6 +14,17 @@ import yaml
 log = logging.getLogger("vlmood")
 
 
+def _scalar(text: str) -> Any:
+    """A YAML scalar, with numbers such as ``9e-1`` (a string to YAML 1.1) read as floats."""
+    value = yaml.safe_load(text)
+    if isinstance(value, str):
+        try:
+            return float(value)
+        except ValueError:
+            return value
+    return value
+
+
 def parse_score_arg(text: str) -> list[Any]:
     """``mcm`` | ``mcm,energy`` | ``neglabel:ngroup=10,temperature=0.01`` -> ScoreSpecs.
 
@@ -29,7 +40,7 @@ def parse_score_arg(text: str) -> list[Any]:
             if "=" not in part:
                 raise argparse.ArgumentTypeError(f"score parameter {part!r} in {text!r} is not key=value")
             k, _, v = part.partition("=")
-            params[k.strip()] = yaml.safe_load(v.strip())
+            params[k.strip()] = _scalar(v.strip())
         return [ScoreSpec(name.strip(), params)]
     return [ScoreSpec(n.strip()) for n in text.split(",") if n.strip()]
 
@@ -243,6 +254,9 @@ def cmd_eval(args: argparse.Namespace) -> int:
         for text in (args.scores or ["mcm,msp,maxlogit,energy,entropy,variance"])
         for s in parse_score_arg(text)
     ]
+    from vlmood.eval.runner import build_scores
+
+    build_scores(specs)  # fail on a bad score or parameter before any loading
     sets = _build_sets(args)
     templates, template_origin = _templates(args, sets)
     model = _load_model(args)

@@ -55,6 +55,13 @@ def barrier() -> None:
         dist.barrier()
 
 
+def all_reduce_min(t: torch.Tensor) -> torch.Tensor:
+    """In-place minimum over ranks (no-op without a process group)."""
+    if is_initialized():
+        dist.all_reduce(t, op=dist.ReduceOp.MIN)
+    return t
+
+
 def broadcast_object(obj: Any, src: int = 0) -> Any:
     if not is_initialized():
         return obj

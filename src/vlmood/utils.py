@@ -61,5 +61,18 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> None:
             os.fsync(f.fileno())
 
 
+def json_safe(obj: Any) -> Any:
+    """Replace NaN/inf floats by None (strict JSON), recursively."""
+    if isinstance(obj, float):
+        return obj if obj == obj and obj not in (float("inf"), float("-inf")) else None
+    if isinstance(obj, dict):
+        return {k: json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [json_safe(v) for v in obj]
+    return obj
+
+
 def atomic_write_json(path: str | os.PathLike, obj: Any, indent: int = 2) -> None:
-    atomic_write_text(path, json.dumps(obj, indent=indent, sort_keys=False, default=str) + "\n")
+    """Write strict JSON atomically (NaN and infinities become null)."""
+    text = json.dumps(json_safe(obj), indent=indent, sort_keys=False, default=str, allow_nan=False)
+    atomic_write_text(path, text + "\n")

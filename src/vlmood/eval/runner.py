@@ -24,6 +24,7 @@ from typing import Any
 
 import numpy as np
 
+from vlmood import distributed as D
 from vlmood import metrics as M
 from vlmood.data.base import ImageSource
 from vlmood.eval.provenance import environment_info
@@ -35,7 +36,7 @@ from vlmood.features.extract import (
     extract_features,
 )
 from vlmood.models.base import VLM
-from vlmood.scores import ScoreContext, create_score
+from vlmood.scores import ScoreContext
 from vlmood.utils import atomic_path, atomic_write_json, sha256_text
 
 log = logging.getLogger(__name__)
@@ -113,6 +114,30 @@ def _summarise(per_set: dict[str, dict[str, float]], groups: dict[str, str]) -> 
     return out
 
 
+def build_scores(specs: Sequence[ScoreSpec]) -> list[tuple[ScoreSpec, Any]]:
+    """Create the scores, with a clear error for an unknown parameter or a bad value."""
+    import inspect
+
+    from vlmood.scores import SCORES
+
+    out = []
+    for spec in specs:
+        factory = SCORES.get(spec.name)
+        params = inspect.signature(factory).parameters
+        valid = [p for p in params if p not in ("self", "args", "kwargs")]
+        unknown = [k for k in spec.params if k not in params]
+        if unknown:
+            raise ValueError(
+                f"score {spec.name!r} has no parameter {', '.join(map(repr, unknown))}; "
+                f"its parameters: {', '.join(valid) or '(none)'}"
+            )
+        try:
+            out.append((spec, factory(**spec.params)))
+        except (TypeError, ValueError) as e:
+            raise ValueError(f"score {spec.label}: {e}") from e
+    return out
+
+
 def zero_shot_accuracy(image: np.ndarray, text: np.ndarray, labels: np.ndarray, chunk: int = 16384) -> float:
     """Top-1 accuracy of argmax cosine (images with label < 0 are ignored)."""
     keep = labels >= 0
@@ -150,9 +175,11 @@ def run_eval(
     t_start = time.perf_counter()
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    score_objs = []
-    for spec in scores:
-        score_objs.append((spec, create_score(spec.name, **spec.params)))
+    names = [o.name for o in sets.ood]
+    dup = sorted({n for n in names if names.count(n) > 1})
+    if dup:
+        raise ValueError(f"OOD set names must be unique; repeated: {dup}")
+    score_objs = build_scores(scores)
     labels_seen = [s.label for s, _ in score_objs]
     if len(set(labels_seen)) != len(labels_seen):
         raise ValueError(f"the same score was requested twice: {labels_seen}")
@@ -180,7 +207,11 @@ def run_eval(
     id_fs = extract_features(model, sets.id, kinds, **extract_kw)
     ood_fs = {o.name: extract_features(model, o.source, kinds, **extract_kw) for o in sets.ood}
     train_fs = extract_features(model, sets.train, ["image"], **extract_kw) if needs_train else None
+    for ls in sets.domain_shift + sets.held_out:
+        extract_features(model, ls.source, ["image"], **extract_kw)  # every rank helps encode
     timings["features_s"] = time.perf_counter() - t
+    if not D.is_main():
+        return {}  # scoring, metrics and files are rank 0's job
     t = time.perf_counter()
     text = class_text_features(model, sets.classnames, opts.templates, opts.cache_dir)
     timings["text_s"] = time.perf_counter() - t
@@ -264,10 +295,12 @@ def run_eval(
 
         id_scores = run(id_fs)
         per_set = {}
-        raw = {"id": id_scores}
+        # scores of readable images; index/* maps them back to the source's samples
+        raw = {"id": id_scores, "index/id": np.flatnonzero(id_fs.valid)}
         for o in sets.ood:
             ood_scores = run(ood_fs[o.name])
             raw[f"ood/{o.name}"] = ood_scores
+            raw[f"index/ood/{o.name}"] = np.flatnonzero(ood_fs[o.name].valid)
             per_set[o.name] = M.ood_metrics(id_scores, ood_scores)
         entry = {
             "name": spec.name,

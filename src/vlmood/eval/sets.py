@@ -83,6 +83,9 @@ def sets_from_args(
             raise DataError(
                 f"--classnames {classnames} has {len(names)} names, the benchmark's ID set {len(es.classnames)}"
             )
+        for ls in es.domain_shift:  # domain-shift sets share the ID label space: rename them too
+            if ls.classnames == es.classnames:
+                ls.classnames = list(names)
         es.classnames, es.classnames_origin = list(names), str(classnames)
     for text in ood:
         group, name, path = parse_ood_arg(text)

@@ -53,6 +53,7 @@ class FeatureSet:
     keys: dict[str, str]
     timings: dict[str, float] = field(default_factory=dict)
     encoded: int = 0  # images encoded by this call (0 = everything came from the cache)
+    local: bool = True  # False on a non-zero rank that cannot see rank 0's cache (arrays empty)
 
     @property
     def labels(self) -> np.ndarray:
@@ -133,7 +134,9 @@ def extract_features(
     """Encode ``source`` with ``model`` for each of ``kinds``, reusing and filling the cache.
 
     Returns a FeatureSet whose arrays are memory maps. Kinds: see ``vlmood.models.base``.
-    Under torchrun every rank must call this; all ranks return the same arrays.
+    Under torchrun every rank must call this; rank 0 writes the cache. Other ranks return the same
+    arrays when they can see the cache (shared file system), else a FeatureSet with ``local=False``
+    and no arrays.
     """
     from tqdm.auto import tqdm
 
@@ -217,11 +220,22 @@ def extract_features(
             for k in todo:
                 entries[k].assemble(len(source), chunk_size, {"encode_s": timings["encode_s"]})
         D.barrier()
+    if not D.is_main() and not all(e.manifest_path.exists() for e in entries.values()):
+        # rank 0 holds the cache and no shared file system shows it here: this rank gets no arrays
+        return FeatureSet(
+            source,
+            {},
+            np.ones(len(source), dtype=bool),
+            {k: e.key for k, e in entries.items()},
+            timings,
+            encoded,
+            local=False,
+        )
     arrays, valid = {}, None
     for k, e in entries.items():
         data, v, _ = e.load()
         arrays[k] = data
-        valid = v if valid is None else valid
+        valid = v if valid is None else (valid & v)
     assert valid is not None
     if not valid.all():
         bad = [source.samples[i].path for i in np.flatnonzero(~valid)][:5]

@@ -39,6 +39,7 @@ from torch import nn
 
 from vlmood.models.base import VLM, ModelIdentity, ModelLoadError, PreprocessSpec
 from vlmood.models.open_clip_backend import check_kinds
+from vlmood.utils import sha256_json
 
 log = logging.getLogger(__name__)
 
@@ -195,7 +196,10 @@ def _preprocess_from_dir(directory: Path | None, image_size: int) -> tuple[Calla
     spec = PreprocessSpec(
         image_size=out_size, mean=mean, std=std, interpolation=interp_name, resize_mode=resize_mode
     )
-    return T.Compose(steps), spec, source
+    # the spec cannot express every processor option (resize size vs crop, do_resize, do_normalize):
+    # the resolved transform goes into the identity too, so any change gives a new cache key
+    resolved = {"steps": repr(T.Compose(steps)), "processor": source}
+    return T.Compose(steps), spec, sha256_json(resolved)
 
 
 class _ToRGB:
@@ -413,7 +417,7 @@ def load_hf_clip(
         extra={
             "config_sha256": sha256_json(_stable_config(cfg.to_dict())),
             "tokenizer": tok_source,
-            "preprocess_source": pp_source,
+            "preprocess_sha256": pp_source,
         },
     )
     return HFCLIPVLM(model, tokenizer, preprocess, identity, device=device)

@@ -112,13 +112,26 @@ def _autocast(device: torch.device, precision: str):
     return torch.autocast(device.type, enabled=False)
 
 
+class _LossModule(torch.nn.Module):
+    """Runs ``loss_fn(module, batch)`` inside ``forward`` so that DDP (which wraps this module) sees
+    a forward pass and synchronises gradients, whatever parts of the model the loss calls."""
+
+    def __init__(self, module: torch.nn.Module, loss_fn: Callable) -> None:
+        super().__init__()
+        self.module = module
+        self.loss_fn = loss_fn
+
+    def forward(self, batch: Any):
+        return self.loss_fn(self.module, batch)
+
+
 class Trainer:
     """Runs ``cfg.epochs`` epochs of ``loss_fn`` over ``dataset``, training ``module``'s parameters
     that require grad. ``out_dir`` receives ``last.pt`` (every epoch, atomic), ``metrics.jsonl``
     and ``config.json``.
 
-    ``loss_fn(module, batch) -> (loss, logs)`` gets the (possibly DDP-wrapped) module and a batch
-    already moved to the device.
+    ``loss_fn(module, batch) -> (loss, logs)`` gets the plain module and a batch already moved to the
+    device; under DDP it runs inside the DDP-wrapped forward, so gradients are synchronised.
     """
 
     def __init__(
@@ -148,10 +161,10 @@ class Trainer:
             raise ValueError("nothing to train: no parameter of the module requires grad")
         self.param_names = [n for n, p in module.named_parameters() if p.requires_grad]
         self.optimizer = build_optimizer(param_groups or trainable, cfg)
-        self.wrapped: torch.nn.Module = module
+        self.wrapped: torch.nn.Module = _LossModule(module, loss_fn)
         if D.is_initialized() and D.world_size() > 1:
             self.wrapped = torch.nn.parallel.DistributedDataParallel(
-                module, device_ids=[self.device.index] if self.device.type == "cuda" else None
+                self.wrapped, device_ids=[self.device.index] if self.device.type == "cuda" else None
             )
         self.scaler = torch.amp.GradScaler("cuda") if cfg.precision == "fp16" else None
         self.epoch = 0  # epochs completed
@@ -163,7 +176,12 @@ class Trainer:
                 f"dataset of {len(dataset)} samples is smaller than one batch of {cfg.batch_size} "
                 f"(per rank, drop_last={cfg.drop_last}); lower the batch size"
             )
-        self.steps_per_epoch = max(1, per_epoch // cfg.grad_accum)
+        if per_epoch < cfg.grad_accum:
+            raise ValueError(
+                f"grad_accum={cfg.grad_accum} is more than the {per_epoch} batches of an epoch: "
+                f"no optimiser step would ever run; lower grad_accum or the batch size"
+            )
+        self.steps_per_epoch = per_epoch // cfg.grad_accum
         self.total_steps = self.steps_per_epoch * cfg.epochs
 
     # ------------------------------------------------------------------ checkpoints
@@ -326,8 +344,11 @@ class Trainer:
                     group["lr"] = lr * group.get("lr_scale", 1.0)
                 batch = self._to_device(batch)
                 with _autocast(self.device, cfg.precision):
-                    loss, logs = self.loss_fn(self.wrapped, batch)
-                if not torch.isfinite(loss.detach()).all():
+                    loss, logs = self.wrapped(batch)
+                finite = torch.isfinite(loss.detach()).all().float()
+                if D.is_initialized() and D.world_size() > 1:  # every rank stops together
+                    D.all_reduce_min(finite)
+                if finite.item() < 1:
                     raise TrainingDivergedError(
                         f"loss is {loss.item()} at epoch {epoch + 1}, step {self.step}: training stopped. "
                         f"The last good checkpoint is {self.checkpoint_path if self.checkpoint_path.exists() else '(none yet)'}; "

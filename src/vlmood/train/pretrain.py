@@ -238,6 +238,20 @@ def minilm_pooled(model, tokenizer, texts: list[str], batch_size: int = 512, dev
     return out
 
 
+def clip_param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
+    """CLIP/open_clip practice: no weight decay on gains, biases, embeddings-like 1-D tensors and the
+    logit scale; decay on matrices."""
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        if p.ndim < 2 or "logit_scale" in name or name.endswith(".bias") or "ln" in name.split(".")[-2:-1]:
+            no_decay.append(p)
+        else:
+            decay.append(p)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
 def pretrain(cfg: PretrainConfig, resume: bool = False, progress: bool = True) -> dict[str, Any]:
     """Run contrastive pretraining; returns a summary (final loss, time, counts, model dir)."""
     import open_clip
@@ -297,7 +311,7 @@ def pretrain(cfg: PretrainConfig, resume: bool = False, progress: bool = True) -
 
     def loss_fn(module, batch):
         images, cid, tid = batch
-        m = module.module if hasattr(module, "module") else module
+        m = module
         img = F.normalize(m.encode_image(images), dim=-1)
         rows = cid * n_t + tid
         if pooled is not None:
@@ -308,7 +322,16 @@ def pretrain(cfg: PretrainConfig, resume: bool = False, progress: bool = True) -
         loss = loss_mod(img.float(), txt.float(), scale)
         return loss, {"logit_scale": float(scale.detach())}
 
-    trainer = Trainer(model, dataset, loss_fn, cfg.train, out, device=device, progress=progress)
+    trainer = Trainer(
+        model,
+        dataset,
+        loss_fn,
+        cfg.train,
+        out,
+        device=device,
+        progress=progress,
+        param_groups=clip_param_groups(model, cfg.train.weight_decay),
+    )
     history = trainer.fit(resume=resume)
     summary = {
         "pairs_used": len(used),

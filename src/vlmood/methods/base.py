@@ -1,0 +1,605 @@
+"""What every adaptation method shares: the method protocol, training data, the adapter artifact.
+
+An **adapter artifact** is a directory with
+
+- ``adapter.safetensors``: the trained tensors only (prompt context, meta-net, probe head, visual
+  normalisation affine parameters ...), never the base model;
+- ``adapter.json`` (schema ``vlmood.adapter/1``): the method name and its hyperparameters, the base
+  model's identity (``key`` = sha256 of what decides its outputs, plus the full identity and the
+  user's spec string), the training settings, the class names and their hash, the split file,
+  the training metrics and library versions.
+
+``load_adapter(dir, model)`` refuses an artifact made for another base model
+(:class:`AdapterMismatchError`) and returns an :class:`Adapter`, which gives class text
+features ``[K, D]`` (prompt methods), per-image cosines (CoCoOp, whose text features depend on
+the image) or head logits (probes).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import os
+import platform
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from vlmood.data.base import DataError, ImageSource
+from vlmood.registry import Registry
+from vlmood.train.engine import TrainConfig
+from vlmood.utils import atomic_path, atomic_write_json, sha256_json
+
+log = logging.getLogger(__name__)
+
+ADAPTER_FORMAT = "vlmood.adapter/1"
+ADAPTER_WEIGHTS = "adapter.safetensors"
+ADAPTER_JSON = "adapter.json"
+
+METHODS: Registry[type[Method]] = Registry("method")
+
+
+def register_method(name: str):
+    """Class decorator: register a :class:`Method` subclass under ``name``."""
+
+    def deco(cls):
+        cls.name = name.lower()
+        return METHODS.register(name, cls)
+
+    return deco
+
+
+def create_method(name: str, **params: Any) -> Method:
+    """A method instance with its hyperparameters (unknown keys raise ValueError)."""
+    return METHODS.create(name, **params)
+
+
+def list_methods(pattern: str = "*") -> list[str]:
+    return METHODS.list(pattern)
+
+
+class AdapterError(ValueError):
+    """An adapter artifact is missing, malformed or does not fit the model it is loaded onto."""
+
+
+class AdapterMismatchError(AdapterError):
+    """The adapter was trained on another base model."""
+
+
+# ---------------------------------------------------------------------------------------------- identity
+def base_identity(model) -> dict[str, Any]:
+    """The model identity without adapters applied to it (see :func:`mark_adapted`)."""
+    d = model.identity.to_dict()
+    d["extra"] = {k: v for k, v in d.get("extra", {}).items() if k != "adapter"}
+    return d
+
+
+def base_identity_key(model) -> str:
+    d = base_identity(model)
+    d.pop("spec", None)
+    return sha256_json(d)
+
+
+def mark_adapted(model, adapter_key: str) -> None:
+    """Record in ``model.identity`` that an adapter changed the model's own weights, so feature
+    caches keyed by the identity never mix adapted and base features."""
+    ident = model.identity
+    extra = dict(ident.extra)
+    extra["adapter"] = adapter_key
+    model.identity = dataclasses.replace(ident, extra=extra)
+
+
+# ---------------------------------------------------------------------------------------------- data
+@dataclass
+class TrainData:
+    """What a method trains on: labels (``-1`` = unlabelled), class names and either cached feature
+    arrays (``features[kind]``, ``[N, ...]``), an image source (for methods that run the image
+    encoder each step: augmentation, UEO), or both."""
+
+    classnames: list[str]
+    labels: np.ndarray
+    features: dict[str, np.ndarray] = field(default_factory=dict)
+    source: ImageSource | None = None
+    split_file: str | None = None
+    meta: dict[str, Any] = field(default_factory=dict)
+    cache_root: str | os.PathLike | None = None  # feature/text cache for what the method encodes
+
+    def __post_init__(self) -> None:
+        self.labels = np.asarray(self.labels, dtype=np.int64)
+        self.classnames = list(self.classnames)
+        if not self.classnames:
+            raise DataError("training data needs class names")
+        n = len(self.labels)
+        for k, a in self.features.items():
+            if len(a) != n:
+                raise DataError(f"feature array {k!r} has {len(a)} rows but there are {n} labels")
+        if self.source is not None and len(self.source) != n:
+            raise DataError(f"image source {self.source.name!r} has {len(self.source)} images but {n} labels")
+        bad = self.labels[(self.labels < -1) | (self.labels >= len(self.classnames))]
+        if bad.size:
+            raise DataError(
+                f"labels out of range for {len(self.classnames)} classes: {sorted(set(bad.tolist()))[:5]}"
+            )
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    @property
+    def n_classes(self) -> int:
+        return len(self.classnames)
+
+
+class ArrayDataset(Dataset):
+    """Items ``{kind: tensor, "label": long, "index": long}`` from cached feature arrays.
+
+    ``__getitems__`` reads a whole batch with one fancy index per array (the DataLoader uses it
+    when present; pair it with :func:`batch_collate`), which keeps probes on 100k+ cached
+    features from spending their time in per-sample indexing and collation."""
+
+    def __init__(self, arrays: dict[str, np.ndarray], labels: np.ndarray) -> None:
+        self.arrays = arrays
+        self.labels = np.asarray(labels, dtype=np.int64)
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
+        out = {k: torch.from_numpy(np.array(a[i], dtype=np.float32)) for k, a in self.arrays.items()}
+        out["label"] = torch.tensor(int(self.labels[i]))
+        out["index"] = torch.tensor(int(i))
+        return out
+
+    def __getitems__(self, indices: list[int]) -> dict[str, torch.Tensor]:
+        idx = np.asarray(indices, dtype=np.int64)
+        order = np.argsort(idx, kind="stable")  # sorted reads from memory maps, then back in order
+        back = np.empty_like(order)
+        back[order] = np.arange(len(order))
+        out = {}
+        for k, a in self.arrays.items():
+            rows = np.asarray(a[idx[order]], dtype=np.float32)[back]
+            out[k] = torch.from_numpy(np.ascontiguousarray(rows))
+        out["label"] = torch.from_numpy(self.labels[idx])
+        out["index"] = torch.from_numpy(idx)
+        return out
+
+
+def batch_collate(batch: Any) -> Any:
+    """Collate for datasets with ``__getitems__`` (already a batch); default collation otherwise."""
+    if isinstance(batch, dict):
+        return batch
+    from torch.utils.data import default_collate
+
+    return default_collate(batch)
+
+
+class ImageTrainDataset(Dataset):
+    """Items ``{"pixels": tensor, "label", "index"}`` decoded from an image source (strict about
+    unreadable files)."""
+
+    def __init__(self, source: ImageSource, transform, labels: np.ndarray) -> None:
+        from vlmood.data.sources import ImageDataset
+
+        self.inner = ImageDataset(source, transform, skip_corrupt=False)
+        self.labels = np.asarray(labels, dtype=np.int64)
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
+        x, _, _ = self.inner[i]
+        return {"pixels": x, "label": torch.tensor(int(self.labels[i])), "index": torch.tensor(int(i))}
+
+
+def train_transform(model, scale: tuple[float, float] = (0.5, 1.0)):
+    """Random resized crop (bicubic) + horizontal flip + the model's normalisation (CoOp, UEO)."""
+    from torchvision import transforms as T
+
+    pp = model.identity.preprocess
+    interp = {
+        "bicubic": T.InterpolationMode.BICUBIC,
+        "bilinear": T.InterpolationMode.BILINEAR,
+        "nearest": T.InterpolationMode.NEAREST,
+    }.get(pp.interpolation, T.InterpolationMode.BICUBIC)
+    return T.Compose(
+        [
+            T.RandomResizedCrop(pp.image_size, scale=scale, interpolation=interp),
+            T.RandomHorizontalFlip(),
+            T.ToTensor(),
+            T.Normalize(pp.mean, pp.std),
+        ]
+    )
+
+
+# ---------------------------------------------------------------------------------------------- protocol
+class Method:
+    """An adaptation method. Subclasses set ``Params`` (a dataclass of hyperparameters), ``kinds``
+    (cached feature kinds they read) and implement :meth:`fit`, :meth:`tensors` and
+    :meth:`build_adapter`."""
+
+    name: ClassVar[str] = ""
+    Params: ClassVar[type] = object
+    kinds: ClassVar[tuple[str, ...]] = ("image",)
+    needs_labels: ClassVar[bool] = True
+
+    def __init__(self, **params: Any) -> None:
+        valid = [f.name for f in dataclasses.fields(self.Params)]
+        unknown = sorted(set(params) - set(valid))
+        if unknown:
+            raise ValueError(
+                f"method {self.name!r}: unknown parameter(s) {unknown}; valid: {', '.join(valid)}"
+            )
+        self.params = self.Params(**params)
+        self.validate()
+        self.metrics: dict[str, Any] = {}
+
+    def validate(self) -> None:
+        """Check hyperparameter values (raise ValueError)."""
+
+    @property
+    def needs_images(self) -> bool:
+        """True when training runs the image encoder each step (needs ``TrainData.source``)."""
+        return False
+
+    def hparams(self) -> dict[str, Any]:
+        return asdict(self.params)
+
+    def default_config(self, **overrides: Any) -> TrainConfig:
+        """The paper's training settings (methods.md); ``overrides`` replace fields."""
+        return TrainConfig(**overrides)
+
+    def fit(
+        self,
+        model,
+        data: TrainData,
+        cfg: TrainConfig,
+        out_dir: Path,
+        device: str | torch.device,
+        progress: bool = True,
+        resume: bool = False,
+    ) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def tensors(self) -> dict[str, torch.Tensor]:
+        """The trained tensors that go into ``adapter.safetensors``."""
+        raise NotImplementedError
+
+    @classmethod
+    def build_adapter(
+        cls, model, info: dict[str, Any], tensors: dict[str, torch.Tensor]
+    ) -> Adapter:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+
+class Adapter:
+    """A trained adapter on top of a base model.
+
+    - ``kind``: ``"prompt"`` (class text features), ``"conditional"`` (CoCoOp: per-image text
+      features; use :meth:`similarities`), ``"probe"`` (a head on cached features; use
+      :meth:`logits`).
+    - ``feature_kind``: the cached image feature kind :meth:`similarities` / :meth:`logits` read.
+    - ``adapts_image_encoder``: True when loading changed the model's own weights (UEO); image
+      features must then be extracted again (the model identity says so, see ``mark_adapted``).
+    """
+
+    kind: str = "prompt"
+    feature_kind: str = "image"
+    adapts_image_encoder: bool = False
+
+    def __init__(self, model, info: dict[str, Any]) -> None:
+        self.model = model
+        self.info = info
+        self.method: str = info["method"]
+        self.classnames: list[str] = list(info["classnames"])
+        self.params: dict[str, Any] = dict(info.get("params", {}))
+
+    @property
+    def key(self) -> str:
+        """Identity of this adapter (sha256 of its weights file and config)."""
+        return str(self.info.get("adapter_key", ""))
+
+    def text_features(self) -> np.ndarray:
+        """Normalised class text features [K, D] (float32)."""
+        raise NotImplementedError(f"{self.method} adapters have no image-independent text features")
+
+    def similarities(
+        self, image_features: np.ndarray, patch_features: np.ndarray | None = None
+    ) -> np.ndarray:
+        """Unscaled cosines [N, K] between image features and the class text features."""
+        t = self.text_features()
+        return np.asarray(image_features, dtype=np.float32) @ t.T
+
+    def logits(self, features: np.ndarray) -> np.ndarray:
+        raise NotImplementedError(f"{self.method} adapters have no classification head; use similarities()")
+
+
+# ---------------------------------------------------------------------------------------------- artifact IO
+def _versions() -> dict[str, str]:
+    import vlmood
+
+    out = {"python": platform.python_version(), "torch": torch.__version__}
+    out["vlmood"] = getattr(vlmood, "__version__", "")
+    try:
+        import open_clip
+
+        out["open_clip"] = open_clip.__version__
+    except Exception:  # pragma: no cover
+        pass
+    return out
+
+
+def save_adapter(
+    out_dir: str | os.PathLike,
+    method: Method,
+    model,
+    cfg: TrainConfig | None,
+    classnames: Sequence[str],
+    split_file: str | None = None,
+    metrics: dict[str, Any] | None = None,
+    extra: dict[str, Any] | None = None,
+) -> Path:
+    """Write ``adapter.safetensors`` then ``adapter.json`` (both atomically; the JSON last, so a
+    directory with a JSON holds a complete artifact)."""
+    from safetensors.torch import save_file
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    tensors = {k: v.detach().float().cpu().contiguous() for k, v in method.tensors().items()}
+    with atomic_path(out / ADAPTER_WEIGHTS) as tmp:
+        save_file(tensors, str(tmp), metadata={"format": ADAPTER_FORMAT, "method": method.name})
+    from vlmood.utils import sha256_file
+
+    weights_sha = sha256_file(out / ADAPTER_WEIGHTS)
+    info = {
+        "format": ADAPTER_FORMAT,
+        "method": method.name,
+        "params": method.hparams(),
+        "base_model": {
+            "key": base_identity_key(model),
+            "spec": model.identity.spec,
+            "identity": base_identity(model),
+        },
+        "train": asdict(cfg) if cfg is not None else None,
+        "classnames": list(classnames),
+        "classnames_sha256": sha256_json(list(classnames)),
+        "split_file": str(split_file) if split_file else None,
+        "metrics": metrics or {},
+        "weights_sha256": weights_sha,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "versions": _versions(),
+        **(extra or {}),
+    }
+    info["adapter_key"] = sha256_json(
+        {"weights": weights_sha, "method": info["method"], "params": info["params"]}
+    )
+    atomic_write_json(out / ADAPTER_JSON, info)
+    return out
+
+
+def read_adapter_info(adapter_dir: str | os.PathLike) -> dict[str, Any]:
+    d = Path(adapter_dir)
+    p = d / ADAPTER_JSON
+    if not p.is_file():
+        raise AdapterError(
+            f"{d} is not an adapter artifact: {ADAPTER_JSON} is missing (train one with `vlmood fit METHOD`)"
+        )
+    try:
+        info = json.loads(p.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as e:
+        raise AdapterError(f"{p}: invalid JSON ({e})") from e
+    if not isinstance(info, dict) or info.get("format") != ADAPTER_FORMAT:
+        raise AdapterError(f"{p}: not a {ADAPTER_FORMAT} file")
+    if not (d / ADAPTER_WEIGHTS).is_file():
+        raise AdapterError(f"{d}: {ADAPTER_WEIGHTS} is missing")
+    return info
+
+
+def load_adapter(adapter_dir: str | os.PathLike, model, check_model: bool = True) -> Adapter:
+    """Load an adapter artifact onto ``model`` (its base model). Raises AdapterMismatchError when
+    the artifact was trained on another base model, AdapterError when it is malformed."""
+    from safetensors.torch import load_file
+
+    d = Path(adapter_dir)
+    info = read_adapter_info(d)
+    base = info.get("base_model", {})
+    if check_model and base.get("key") != base_identity_key(model):
+        mine = base_identity(model)
+        theirs = base.get("identity", {})
+        diff = sorted(k for k in set(mine) | set(theirs) if k != "spec" and mine.get(k) != theirs.get(k))
+        raise AdapterMismatchError(
+            f"adapter {d} ({info.get('method')}) was trained on base model {base.get('spec')!r} "
+            f"(key {str(base.get('key'))[:12]}), but the model given is {model.identity.spec!r} "
+            f"(key {base_identity_key(model)[:12]}); they differ in {', '.join(diff) or 'identity'}. "
+            f"Load the adapter with the model it was trained on (--model {base.get('spec')})."
+        )
+    cls = METHODS.get(info["method"])
+    tensors = load_file(str(d / ADAPTER_WEIGHTS), device="cpu")
+    return cls.build_adapter(model, info, tensors)
+
+
+# ---------------------------------------------------------------------------------------------- fit
+def prepare_data(
+    method: Method,
+    model,
+    data: TrainData | ImageSource,
+    out_dir: Path,
+    shots: int | None = None,
+    seed: int = 0,
+    split_file: str | os.PathLike | None = None,
+    classnames: Sequence[str] | None = None,
+    cache_root: str | os.PathLike | None = None,
+    progress: bool = True,
+) -> TrainData:
+    """Turn an image source into :class:`TrainData`: few-shot sampling (split file written to
+    ``out_dir/split.json``) or a given split file, then cached features of ``method.kinds``
+    (unless the method runs the image encoder itself)."""
+    if isinstance(data, TrainData):
+        if shots or split_file:
+            raise ValueError("shots/split_file apply to an image source, not to prepared TrainData")
+        if data.cache_root is None and cache_root is not None:
+            data = dataclasses.replace(data, cache_root=cache_root)
+        return data
+    if not isinstance(data, ImageSource):
+        raise TypeError(f"training data must be an ImageSource or TrainData, not {type(data).__name__}")
+    source = data
+    names = list(classnames or source.classnames or [])
+    if not names:
+        raise DataError(f"dataset {source.name!r} has no class names; pass classnames")
+    split_path: str | None = None
+    if split_file:
+        from vlmood.data.fewshot import load_split
+
+        idx = load_split(split_file, source)
+        split_path = str(Path(split_file).absolute())
+        source = source.subset(idx)
+    elif shots:
+        from vlmood.data.fewshot import few_shot_indices, save_split
+
+        idx = few_shot_indices(source.labels, shots, seed, names)
+        p = out_dir / "split.json"
+        save_split(p, source, idx, {"seed": seed, "shots": shots})
+        split_path = str(p.absolute())
+        source = source.subset(idx, name=f"{source.name}-{shots}shot-seed{seed}")
+    labels = np.asarray(source.labels, dtype=np.int64)
+    if method.needs_labels and (labels < 0).any():
+        raise DataError(
+            f"method {method.name!r} needs labelled images; {int((labels < 0).sum())} have label -1"
+        )
+    features: dict[str, np.ndarray] = {}
+    kinds = tuple(method.kinds)
+    if kinds and not method.needs_images:
+        from vlmood.features.extract import extract_features
+
+        fs = extract_features(model, source, kinds, cache_root=cache_root, progress=progress)
+        if not fs.valid.all():  # pragma: no cover - extract raises on corrupt files by default
+            raise DataError(f"{source.name}: unreadable images in the training set")
+        features = {k: fs.arrays[k] for k in kinds}
+    return TrainData(
+        names,
+        labels,
+        features,
+        source=source,
+        split_file=split_path,
+        meta={"dataset": source.name, "n": len(source), "shots": shots, "seed": seed},
+        cache_root=cache_root,
+    )
+
+
+def fit_method(
+    name: str,
+    model,
+    data: TrainData | ImageSource,
+    out_dir: str | os.PathLike,
+    cfg: TrainConfig | None = None,
+    params: dict[str, Any] | None = None,
+    *,
+    shots: int | None = None,
+    seed: int | None = None,
+    split_file: str | os.PathLike | None = None,
+    classnames: Sequence[str] | None = None,
+    cache_root: str | os.PathLike | None = None,
+    device: str | torch.device | None = None,
+    progress: bool = True,
+    resume: bool = False,
+) -> Path:
+    """Train method ``name`` and write its adapter artifact to ``out_dir``; returns ``out_dir``.
+
+    ``cfg`` defaults to the method's paper settings (``create_method(name).default_config()``);
+    ``seed`` defaults to ``cfg.seed`` and drives the few-shot sampling. The engine's checkpoint,
+    metrics log and config live in ``out_dir/train`` (``resume=True`` continues them).
+    """
+    method = create_method(name, **(params or {}))
+    cfg = cfg if cfg is not None else method.default_config()
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    seed = cfg.seed if seed is None else seed
+    td = prepare_data(method, model, data, out, shots, seed, split_file, classnames, cache_root, progress)
+    if method.needs_images and td.source is None:
+        raise DataError(
+            f"method {method.name!r} runs the image encoder while training; give it an image source"
+        )
+    dev = torch.device(device) if device is not None else model.device
+    t0 = time.perf_counter()
+    metrics = method.fit(model, td, cfg, out / "train", dev, progress=progress, resume=resume)
+    metrics = {"train_s": time.perf_counter() - t0, **(metrics or {})}
+    save_adapter(
+        out,
+        method,
+        model,
+        method.effective_config if getattr(method, "effective_config", None) else cfg,
+        td.classnames,
+        td.split_file,
+        metrics,
+        extra={"data": td.meta},
+    )
+    return out
+
+
+def run_engine(
+    module: torch.nn.Module,
+    dataset: Dataset,
+    loss_fn,
+    cfg: TrainConfig,
+    out_dir: Path,
+    device,
+    progress: bool,
+    resume: bool,
+    param_groups: list[dict] | None = None,
+) -> list[dict[str, Any]]:
+    """The shared engine (``vlmood.train.engine.Trainer``) with the method's module and loss."""
+    from vlmood.train.engine import Trainer
+
+    trainer = Trainer(
+        module,
+        dataset,
+        loss_fn,
+        cfg,
+        out_dir,
+        device=device,
+        progress=progress,
+        param_groups=param_groups,
+        collate_fn=batch_collate if isinstance(dataset, ArrayDataset) else None,
+    )
+    return trainer.fit(resume=resume)
+
+
+def epoch_summary(history: list[dict[str, Any]]) -> dict[str, Any]:
+    if not history:
+        return {}
+    keys = [
+        k for k, v in history[-1].items() if isinstance(v, float) and k not in ("time_s", "samples_per_s")
+    ]
+    return {
+        "epochs": len(history),
+        "first": {k: history[0].get(k) for k in keys},
+        "last": {k: history[-1].get(k) for k in keys},
+    }
+
+
+@dataclass
+class _Frozen:
+    """Remember and restore ``requires_grad`` flags of a module."""
+
+    module: torch.nn.Module
+    flags: dict[str, bool] = field(default_factory=dict)
+
+    def __enter__(self) -> _Frozen:
+        self.flags = {n: p.requires_grad for n, p in self.module.named_parameters()}
+        for p in self.module.parameters():
+            p.requires_grad_(False)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for n, p in self.module.named_parameters():
+            p.requires_grad_(self.flags.get(n, True))
+
+
+def frozen(module: torch.nn.Module) -> _Frozen:
+    """``with frozen(model.torch_module): ...`` freezes every parameter, restoring flags after."""
+    return _Frozen(module)

@@ -1,0 +1,217 @@
+"""UEO: Universal Entropy Optimization (Liang et al., tim-learn/UEO ``demo.py``; methods.md 5).
+
+Unsupervised tuning on unlabeled target data that may hold unknown classes; the model knows only
+the known class names. Confidence weights ``w_i`` = zero-shot MCM (max softmax of raw cosines,
+T = 1) with the initial prompt, computed **once** before training over the whole training set
+(eval transform) and looked up by sample index. Per batch, with ``p_i`` the softmax at CLIP's
+logit scale over the known classes:
+
+    L = sum_i w_i H(p_i) / sum_i w_i  -  trade * H(pbar),
+    pbar = sum_i (1/w_i) p_i / sum_i (1/w_i),   H(p) = -sum_c p_c log(p_c + 1e-5).
+
+Trainable: the prompt context (init "a photo of a") and the affine parameters of every
+normalisation layer of the visual tower (LayerNorm for ViT, BatchNorm for ResNet), which stays in
+eval mode (running statistics frozen). SGD (no momentum, no weight decay) lr 1e-4, cosine; batch
+64, 50 epochs; random resized crop (scale 0.5-1) + flip. Known/partial/open/open-partial settings
+are class subsets of the training images (known classes = ``classnames``; other images have
+label -1 or a label outside the known set, which UEO never reads).
+
+Loading the adapter writes the tuned normalisation parameters into the model's visual tower in
+place and marks the model identity (``extra["adapter"]``) so features are extracted again.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from vlmood.data.base import DataError
+from vlmood.methods.base import (
+    ImageTrainDataset,
+    Method,
+    TrainData,
+    epoch_summary,
+    frozen,
+    mark_adapted,
+    register_method,
+    run_engine,
+    train_transform,
+)
+from vlmood.methods.coop import PromptAdapter
+from vlmood.methods.prompt import EvalModeModule, PromptLearner, auto_chunk
+from vlmood.train.engine import TrainConfig
+
+NORM_TYPES: tuple[type[nn.Module], ...] = (nn.LayerNorm, nn.modules.batchnorm._BatchNorm, nn.GroupNorm)
+
+
+def entropy(p: torch.Tensor) -> torch.Tensor:
+    """``-sum p log(p + 1e-5)`` over the last dimension (UEO's convention)."""
+    return -(p * torch.log(p + 1e-5)).sum(dim=-1)
+
+
+def ueo_loss(
+    probs: torch.Tensor, weights: torch.Tensor, trade: float = 1.0
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(loss, weighted conditional entropy, marginal entropy) for probabilities [B, K] and MCM
+    weights [B] (see the module docstring)."""
+    w = weights.to(probs.dtype)
+    cond = (w * entropy(probs)).sum() / w.sum()
+    inv = 1.0 / w
+    pbar = (inv.unsqueeze(1) * probs).sum(0) / inv.sum()
+    marg = entropy(pbar)
+    return cond - trade * marg, cond, marg
+
+
+def norm_affine_names(visual: nn.Module) -> list[str]:
+    """Names (relative to ``visual``) of the affine parameters of every normalisation layer."""
+    out = []
+    for mname, m in visual.named_modules():
+        if isinstance(m, NORM_TYPES):
+            for pname, _ in m.named_parameters(recurse=False):
+                out.append(f"{mname}.{pname}" if mname else pname)
+    return out
+
+
+class UEOModule(EvalModeModule):
+    frozen_children = ("visual",)
+
+    def __init__(self, learner: PromptLearner, visual: nn.Module, model) -> None:
+        super().__init__()
+        self.prompt = learner
+        self.visual = visual  # the model's own visual tower (its norm affine params train)
+        self.model = [model]
+
+    def forward(self, pixels: torch.Tensor, chunk: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+        """(normalised image features [B, D], class text features [K, D])."""
+        image = self.model[0].encode_image_features(pixels, ("image",))["image"]
+        return image, self.prompt(chunk)
+
+
+def mcm_weights(image: np.ndarray, text: np.ndarray, chunk: int = 65536) -> np.ndarray:
+    """Zero-shot MCM (T = 1): max softmax over classes of raw cosines, per image."""
+    t = torch.from_numpy(np.asarray(text, dtype=np.float32))
+    out = []
+    for i in range(0, len(image), chunk):
+        z = torch.from_numpy(np.array(image[i : i + chunk], dtype=np.float32)) @ t.T
+        out.append(F.softmax(z, dim=1).max(dim=1).values.numpy())
+    return np.concatenate(out)
+
+
+@dataclass
+class UEOParams:
+    ctx_init: str = "a photo of a"
+    trade: float = 1.0
+    text_chunk: int | None = None
+    augment: bool = True  # RandomResizedCrop(scale 0.5-1) + flip, as the reference code
+    weights: str = "mcm"  # mcm | uniform (the --noweight ablation: plain IM loss)
+
+
+@register_method("ueo")
+class UEO(Method):
+    Params = UEOParams
+    kinds = ("image",)
+    needs_labels = False
+
+    def validate(self) -> None:
+        if self.params.weights not in ("mcm", "uniform"):
+            raise ValueError(f"weights {self.params.weights!r}; choose mcm or uniform")
+
+    @property
+    def needs_images(self) -> bool:
+        return True
+
+    def default_config(self, **overrides: Any) -> TrainConfig:
+        base = dict(
+            epochs=50, batch_size=64, lr=1e-4, optimizer="sgd", momentum=0.0, weight_decay=0.0, seed=2023
+        )
+        base.update(overrides)
+        return TrainConfig(**base)
+
+    def zero_shot_weights(self, model, data: TrainData) -> np.ndarray:
+        """w_i from the zero-shot model with the initial prompt, over all training images."""
+        if self.params.weights == "uniform":
+            return np.ones(len(data), dtype=np.float32)
+        from vlmood.features.extract import extract_features
+
+        if "image" in data.features:
+            img = data.features["image"]
+        else:
+            img = extract_features(model, data.source, ("image",), cache_root=data.cache_root, progress=False)
+            img = img.arrays["image"]
+        with torch.no_grad():
+            text = self.learner.text_features(auto_chunk(data.n_classes, self.params.text_chunk), False)
+        return mcm_weights(img, text.cpu().numpy())
+
+    def fit(self, model, data, cfg, out_dir, device, progress=True, resume=False):
+        if data.source is None:
+            raise DataError("UEO runs the image encoder while training; give it an image source")
+        model.to(device)
+        self.learner = PromptLearner(model, data.classnames, ctx_init=self.params.ctx_init)
+        visual = model.torch_module.visual
+        self.norm_names = norm_affine_names(visual)
+        if not self.norm_names:
+            raise ValueError(f"visual tower {type(visual).__name__} has no normalisation layers to tune")
+        w = torch.from_numpy(self.zero_shot_weights(model, data)).float()
+        self.metrics = {"weights_mean": float(w.mean()), "weights_min": float(w.min())}
+        scale = model.logit_scale
+        chunk = auto_chunk(data.n_classes, self.params.text_chunk)
+        trade = self.params.trade
+        transform = train_transform(model, (0.5, 1.0)) if self.params.augment else model.preprocess
+        dataset = ImageTrainDataset(data.source, transform, data.labels)
+        self.effective_config = cfg
+
+        def loss_fn(module, batch):
+            f, text = module(batch["pixels"], chunk)
+            probs = F.softmax(scale * f @ text.t(), dim=1)
+            loss, cond, marg = ueo_loss(probs, w.to(probs.device)[batch["index"]], trade)
+            return loss, {"cond_entropy": float(cond.detach()), "marg_entropy": float(marg.detach())}
+
+        with frozen(model.torch_module):
+            params = dict(visual.named_parameters())
+            for n in self.norm_names:
+                params[n].requires_grad_(True)
+            self.module = UEOModule(self.learner, visual, model)
+            hist = run_engine(self.module, dataset, loss_fn, cfg, Path(out_dir), device, progress, resume)
+        return {**self.metrics, **epoch_summary(hist)}
+
+    def tensors(self) -> dict[str, torch.Tensor]:
+        params = dict(self.module.visual.named_parameters())
+        out = {"ctx": self.learner.ctx.detach()}
+        out.update({f"visual.{n}": params[n].detach() for n in self.norm_names})
+        return out
+
+    def hparams(self) -> dict[str, Any]:
+        d = super().hparams()
+        # what PromptAdapter needs to rebuild the prompt
+        d.update(n_ctx=int(self.learner.n_ctx) if hasattr(self, "learner") else 0, csc=False)
+        d["class_token_position"] = "end"
+        return d
+
+    @classmethod
+    def build_adapter(cls, model, info, tensors):
+        return UEOAdapter(model, info, tensors)
+
+
+class UEOAdapter(PromptAdapter):
+    """Tuned prompt (text features [K, D]) + tuned visual normalisation, written into the model."""
+
+    adapts_image_encoder = True
+
+    def __init__(self, model, info: dict[str, Any], tensors: dict[str, torch.Tensor]) -> None:
+        super().__init__(model, info, {"ctx": tensors["ctx"]})
+        visual = model.torch_module.visual
+        own = dict(visual.named_parameters())
+        vis = {k[len("visual.") :]: v for k, v in tensors.items() if k.startswith("visual.")}
+        missing = sorted(set(vis) - set(own))
+        if missing:
+            raise ValueError(f"UEO adapter names visual parameters the model lacks: {missing[:5]}")
+        with torch.no_grad():
+            for n, v in vis.items():
+                own[n].copy_(v.to(own[n].device, own[n].dtype))
+        mark_adapted(model, self.key)
