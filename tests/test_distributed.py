@@ -17,9 +17,8 @@ from vlmood.features.extract import extract_features
 pytestmark = pytest.mark.dist
 
 
-def test_two_process_gloo_extraction_equals_single_process(digit_folder, tmp_path):
-    out = tmp_path / "out"
-    out.mkdir()
+def _torchrun(script: str, *args: str) -> None:
+    """Run ``tests/<script>`` on 2 CPU processes (gloo) with torchrun; fail with its output."""
     env = dict(
         os.environ,
         OMP_NUM_THREADS="1",
@@ -34,13 +33,17 @@ def test_two_process_gloo_extraction_equals_single_process(digit_folder, tmp_pat
         "--standalone",
         "--nproc_per_node",
         "2",
-        str(Path(__file__).parent / "dist_extract_worker.py"),
-        str(digit_folder),
-        str(tmp_path / "cache2"),
-        str(out),
+        str(Path(__file__).parent / script),
+        *args,
     ]
     res = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+
+
+def test_two_process_gloo_extraction_equals_single_process(digit_folder, tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    _torchrun("dist_extract_worker.py", str(digit_folder), str(tmp_path / "cache2"), str(out))
     single = extract_features(
         FakeVLM(),
         load_source(str(digit_folder)),
@@ -62,25 +65,7 @@ def test_two_process_gloo_extraction_equals_single_process(digit_folder, tmp_pat
 def test_two_process_ddp_training_keeps_ranks_in_sync(tmp_path):
     import torch
 
-    env = dict(
-        os.environ,
-        OMP_NUM_THREADS="1",
-        PYTHONPATH=os.pathsep.join(
-            [str(Path(__file__).parents[1] / "src"), os.environ.get("PYTHONPATH", "")]
-        ),
-    )
-    cmd = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--standalone",
-        "--nproc_per_node",
-        "2",
-        str(Path(__file__).parent / "dist_train_worker.py"),
-        str(tmp_path),
-    ]
-    res = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
-    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    _torchrun("dist_train_worker.py", str(tmp_path))
     w0 = torch.load(tmp_path / "weights_rank0.pt", weights_only=True)
     w1 = torch.load(tmp_path / "weights_rank1.pt", weights_only=True)
     torch.manual_seed(0)
