@@ -535,3 +535,19 @@ def test_array_dataset_batched_reads_equal_per_item():
     got = batch_collate(ds.__getitems__(idx))
     for k in want:
         torch.testing.assert_close(got[k], want[k])
+
+
+def test_ueo_settings_and_metrics(tmp_path):
+    from vlmood.methods.ueo import class_subset, ueo_metrics
+
+    src = _image_folder(tmp_path / "imgs", per_class=(2, 2, 2))
+    # open-partial: known classes {0, 1}, target holds 1 (known) and 2 (unknown)
+    sub = class_subset(src, keep=[1, 2], known=[0, 1])
+    assert sub.classnames == ["car", "cat"] and len(sub) == 4  # folders sort: car, cat, dog
+    assert sorted(sub.labels) == [-1, -1, 1, 1]
+    cos = np.array([[0.9, 0.1], [0.2, 0.8], [0.3, 0.6], [0.5, 0.5]], dtype=np.float32)
+    m = ueo_metrics(cos, np.array([0, 0, 1, -1]))
+    assert m["gacc"] == pytest.approx(2 / 3) and m["pacc"] == pytest.approx((0.5 + 1.0) / 2)
+    mcm = [1 / (1 + math.exp(-abs(a - b))) for a, b in cos]  # 2-class softmax max
+    assert mcm[3] < min(mcm[:3])
+    assert m["auroc"] == 1.0

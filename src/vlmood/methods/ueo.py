@@ -22,6 +22,7 @@ place and marks the model identity (``extra["adapter"]``) so features are extrac
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -215,3 +216,60 @@ class UEOAdapter(PromptAdapter):
             for n, v in vis.items():
                 own[n].copy_(v.to(own[n].device, own[n].dtype))
         mark_adapted(model, self.key)
+
+
+# ---------------------------------------------------------------------------------------------- settings, metrics
+UEO_SETTINGS = ("closed", "partial", "open", "open-partial")
+
+
+def class_subset(source, keep: Sequence[int], known: Sequence[int], name: str | None = None):
+    """UEO's prior-knowledge settings as class subsets of a labelled source.
+
+    Keeps the images whose label is in ``keep`` (the target classes present, e.g. OfficeHome ODA:
+    0-59) and relabels them: the ``known`` classes become 0..len(known)-1 in that order (their
+    names are the class names UEO knows), every other kept class becomes -1 (unknown). Closed:
+    keep == known; partial: keep a subset of known; open: keep = known + unknown classes;
+    open-partial: a subset of known + unknown classes.
+    """
+    from vlmood.data.base import ImageSample, ImageSource
+
+    keep_set = {int(c) for c in keep}
+    known = [int(c) for c in known]
+    remap = {c: i for i, c in enumerate(known)}
+    samples = [
+        ImageSample(s.path, remap.get(s.label, -1), s.caption) for s in source.samples if s.label in keep_set
+    ]
+    if not samples:
+        raise DataError(f"no image of {source.name!r} has a label in {sorted(keep_set)[:10]}")
+    names = [source.classnames[c] for c in known] if source.classnames else None
+    return ImageSource(
+        name=name or f"{source.name}-ueo",
+        samples=samples,
+        classnames=names,
+        kind=source.kind,
+        origin=source.origin,
+        meta=dict(source.meta, subset_of=source.name, keep=sorted(keep_set), known=known),
+    )
+
+
+def ueo_metrics(cosines: np.ndarray, labels: np.ndarray) -> dict[str, float]:
+    """UEO's evaluation on cosines [N, K] over the known classes; ``labels`` -1 = unknown.
+
+    ``gacc``: accuracy on known-class samples; ``pacc``: mean per-class accuracy over the known
+    classes present; ``auroc``: known vs unknown with MCM at T = 1 (max softmax of raw cosines),
+    NaN when one side is empty."""
+    from vlmood.metrics import auroc
+
+    z = torch.from_numpy(np.asarray(cosines, dtype=np.float32))
+    labels = np.asarray(labels, dtype=np.int64)
+    pred = z.argmax(1).numpy()
+    mcm = F.softmax(z, dim=1).max(1).values.numpy()
+    known = labels >= 0
+    out = {"gacc": float("nan"), "pacc": float("nan"), "auroc": float("nan")}
+    if known.any():
+        correct = pred[known] == labels[known]
+        out["gacc"] = float(correct.mean())
+        out["pacc"] = float(np.mean([correct[labels[known] == c].mean() for c in np.unique(labels[known])]))
+    if known.any() and (~known).any():
+        out["auroc"] = float(auroc(mcm[known], mcm[~known]))
+    return out
