@@ -65,7 +65,10 @@ def demo_scores(folder: Path) -> list[Any]:
     from vlmood.eval.runner import ScoreSpec
 
     labels = folder / "neglabel_labels.json"
-    neg = ScoreSpec("neglabel", {"labels_file": str(labels)} if labels.is_file() else {})
+    if labels.is_file():  # negatives mined once from all of WordNet, shipped with the demo
+        neg = ScoreSpec("neglabel", {"labels_file": str(labels)}, display="neglabel(shipped labels)")
+    else:
+        neg = ScoreSpec("neglabel")
     return [ScoreSpec("mcm"), neg, ScoreSpec("energy"), ScoreSpec("maxlogit"), ScoreSpec("knn")]
 
 

@@ -77,9 +77,12 @@ class EvalSets:
 class ScoreSpec:
     name: str
     params: dict[str, Any] = field(default_factory=dict)
+    display: str | None = None  # a label to show instead of name(params)
 
     @property
     def label(self) -> str:
+        if self.display:
+            return self.display
         if not self.params:
             return self.name
         inner = ",".join(f"{k}={v}" for k, v in sorted(self.params.items()))

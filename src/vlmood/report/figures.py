@@ -95,6 +95,11 @@ def _figure(width: float, height: float):
     return fig
 
 
+def short(label: str, width: int = 34) -> str:
+    """A figure-sized label: long score labels (file paths in parameters) would squash the axes."""
+    return label if len(label) <= width else label[: width - 1] + "\u2026"
+
+
 def _grid(n: int, max_cols: int = 3) -> tuple[int, int]:
     cols = min(n, max_cols)
     return math.ceil(n / cols), cols
@@ -136,7 +141,7 @@ def plot_roc(
                 fpr, tpr = _thin(fpr, tpr)
                 i = score_colours.get(label, 0)
                 auc = M.auroc(r.id, r.ood[name])
-                ax.plot(fpr, tpr, color=colour(i), ls=linestyle(i), label=f"{label} ({100 * auc:.1f})")
+                ax.plot(fpr, tpr, color=colour(i), ls=linestyle(i), label=f"{short(label)} ({100 * auc:.1f})")
             ax.plot([0, 1], [0, 1], color="#999999", lw=0.8, ls=":", zorder=0)
             ax.axhline(0.95, color="#999999", lw=0.8, ls="--", zorder=0)
             ax.set_xlim(-0.01, 1.01)
@@ -225,7 +230,7 @@ def plot_histograms(
                     fill = ax.stairs(dens, edges, fill=True, color=c, alpha=0.18 if n != "ID" else 0.25, lw=0)
                     line = ax.stairs(dens, edges, color=c, lw=1.3)
                     handles.setdefault(n, (fill, line))
-            ax.set_title(label)
+            ax.set_title(short(label))
             ax.xaxis.set_major_locator(MaxNLocator(nbins=4))
             ax.set_xlabel("ID score")
             ax.set_ylabel("density")
@@ -282,7 +287,7 @@ def plot_bars(
             ax.set_xlim(0, 108)
             ax.set_xlabel(xlabel)
             ax.grid(axis="y", visible=False)
-            ax.set_yticks(y0, list(scores))
+            ax.set_yticks(y0, [short(s) for s in scores])
         if n_r > 1:
             fig.legend(
                 *axes[0].get_legend_handles_labels(),
