@@ -62,8 +62,9 @@ def _auto_precision(precision: str, device: str) -> str:
 def _add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--model",
-        default="tiny-test",
-        help="model spec (see `vlmood models`), e.g. open_clip:ViT-B-16@/path/w.safetensors",
+        default="vlmood-tiny",
+        help="model spec (see `vlmood models`), e.g. open_clip:ViT-B-16@/path/w.safetensors "
+        "(default: vlmood-tiny, the shipped small CLIP)",
     )
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:1 or auto")
     p.add_argument(
