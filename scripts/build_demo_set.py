@@ -4,13 +4,18 @@ Only permissively licensed styles go in: Google (Apache-2.0) for ID and OOD, Flu
 the domain shift, Twitter (CC-BY-4.0) for the KNN bank. OpenMoji (CC-BY-SA) is left out.
 
     python scripts/build_demo_set.py --data ~/vlmood-data --out src/vlmood/resources/demo/emoji-demo.zip \
-        [--neglabel-labels runs/demo-neglabel.json]
+        --neglabel-labels runs/tiny-emoji/artifacts/neglabel_<hash>.json --neglabel-keep 2500 500
+
+The NegLabel labels are the ones `vlmood eval --score neglabel` mined from all of WordNet for the
+emoji-ood ID classes; the demo keeps the farthest 2,500 nouns and 500 adjectives so that it encodes
+3,000 prompts instead of 21,000 (the mined order is farthest first).
 """
 
 from __future__ import annotations
 
 import argparse
 import io
+import json
 import random
 import zipfile
 from pathlib import Path
@@ -72,8 +77,26 @@ resizing to 72x72 px.
   graphics from https://github.com/twitter/twemoji
 - Microsoft Fluent Emoji 3D (via npm @lobehub/fluent-emoji-3d): MIT License (Copyright Microsoft
   Corporation)
-Emoji names are from the Unicode emoji data (Unicode License).
+Emoji names, categories and the PNG renderings come through the npm emoji-datasource packages
+(MIT License, Copyright Cal Henderson), from Unicode's emoji data (Unicode License).
 """
+
+
+def reduce_labels(path: Path, n_noun: int, n_adj: int) -> dict:
+    """The first n_noun nouns and n_adj adjectives of a NegLabel labels file (mined order)."""
+    d = json.loads(path.read_text(encoding="utf-8"))
+    keep, counts = [], {"noun": 0, "adj": 0}
+    limits = {"noun": n_noun, "adj": n_adj}
+    for i, kind in enumerate(d["kinds"]):
+        if counts[kind] < limits[kind]:
+            keep.append(i)
+            counts[kind] += 1
+    for key in ("labels", "kinds", "prompts", "distances"):
+        if d.get(key) is not None:
+            d[key] = [d[key][i] for i in keep]
+    d["num_labels"] = len(keep)
+    d["params"] = dict(d.get("params", {}), reduced_to=counts, reduced_from=path.name)
+    return d
 
 
 def read_list(path: Path) -> list[tuple[str, int]]:
@@ -93,6 +116,14 @@ def main() -> None:
     ap.add_argument("--far-per-category", type=int, default=120)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--neglabel-labels", type=Path, help="mined NegLabel labels (JSON) to ship with the demo")
+    ap.add_argument(
+        "--neglabel-keep",
+        type=int,
+        nargs=2,
+        metavar=("NOUNS", "ADJS"),
+        default=(2500, 500),
+        help="keep the first (farthest) NOUNS nouns and ADJS adjectives of the mined labels",
+    )
     args = ap.parse_args()
     emoji = args.data / "emoji"
     splits = emoji / "splits"
@@ -126,8 +157,8 @@ def main() -> None:
     with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_STORED) as z:
         z.writestr("demo.yaml", DEMO_YAML)
         z.writestr("LICENSE.txt", LICENSE)
-        z.writestr("lists/id_classes.txt", (splits / "id_classes.txt").read_text())
-        z.writestr("lists/heldout_classes.txt", (splits / "heldout_classes.txt").read_text())
+        z.writestr("lists/id_classes.txt", (splits / "id_classes.txt").read_text(encoding="utf-8"))
+        z.writestr("lists/heldout_classes.txt", (splits / "heldout_classes.txt").read_text(encoding="utf-8"))
         for name, items in lists.items():
             buf = io.StringIO()
             for p, lab in items:
@@ -136,8 +167,11 @@ def main() -> None:
         for p in files:
             z.write(emoji / p, f"images/{p}")
         if args.neglabel_labels:
-            z.write(args.neglabel_labels, "neglabel_labels.json")
-    tmp.replace(args.out)
+            z.writestr(
+                "neglabel_labels.json",
+                json.dumps(reduce_labels(args.neglabel_labels, *args.neglabel_keep), indent=1),
+            )
+    tmp.replace(args.out)  # (a failed build leaves only the .tmp file, never a partial zip)
     counts = {k: len(v) for k, v in lists.items()}
     print(f"wrote {args.out} ({args.out.stat().st_size / 1e6:.1f} MB, {len(files)} images): {counts}")
 

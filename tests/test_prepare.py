@@ -229,6 +229,9 @@ def test_rerun_noop_force_and_old_version(tmp_path):
     stamp = (out / MARKER).stat().st_mtime_ns
     prepare("emoji", out, from_dir=npm, workers=1)
     assert (out / MARKER).stat().st_mtime_ns == stamp  # no-op
+    assert oct(out.stat().st_mode & 0o777) != oct(0o700)  # not mkdtemp's private mode
+    with pytest.raises(DataError, match="other options.*--force"):
+        prepare("emoji", out, from_dir=npm, workers=1, seed=7)  # another split: never reused silently
     (out / "extra.txt").write_text("x")
     prepare("emoji", out, from_dir=npm, workers=1, force=True)
     assert not (out / "extra.txt").exists()

@@ -258,3 +258,19 @@ def test_pretrain_bad_input(tmp_path, captioned):
                 exclude=[str(tmp_path / "missing.txt")],
             )
         )
+
+
+def test_exclusions_survive_symlinks_and_mismatched_lists_fail(captioned, tmp_path):
+    from vlmood.data.base import DataError
+    from vlmood.train.pretrain import load_pairs, read_exclusions
+
+    link = tmp_path / "link"
+    link.symlink_to(captioned)
+    exclude = read_exclusions([captioned / "exclude.txt"])
+    for d in (captioned, link, captioned / ".." / captioned.name):
+        used, dropped = load_pairs([d], exclude)
+        assert len(dropped) == 2 and not any(p.endswith("zero/000.png") for p in used.paths), d
+    other = tmp_path / "other.txt"
+    other.write_text("/somewhere/else.png\n")
+    with pytest.raises(DataError, match="match no image"):
+        load_pairs([captioned], read_exclusions([other]))

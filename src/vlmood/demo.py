@@ -42,12 +42,16 @@ def extract_demo(cache_root: str | os.PathLike | None = None) -> Path:
     if (target / "demo.yaml").is_file():
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
+    if target.exists():  # a damaged extraction (no demo.yaml): replace it
+        shutil.rmtree(target, ignore_errors=True)
     tmp = Path(tempfile.mkdtemp(prefix=".demo-", dir=target.parent))
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o777 & ~umask)
     try:
         with zipfile.ZipFile(zpath) as z:
             for name in z.namelist():
-                dest = (tmp / name).resolve()
-                if not str(dest).startswith(str(tmp.resolve())):
+                if not (tmp / name).resolve().is_relative_to(tmp.resolve()):
                     raise DataError(f"{zpath}: unsafe path {name!r} in the archive")
             z.extractall(tmp)
         try:
@@ -57,6 +61,8 @@ def extract_demo(cache_root: str | os.PathLike | None = None) -> Path:
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+    if not (target / "demo.yaml").is_file():
+        raise DataError(f"{target} has no demo.yaml after extracting {zpath}; remove {target} and retry")
     return target
 
 

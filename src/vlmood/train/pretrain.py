@@ -78,7 +78,7 @@ def read_exclusions(files: Sequence[str | os.PathLike]) -> set[str]:
             if not line or line.startswith("#"):
                 continue
             p = Path(line)
-            out.add(str((p if p.is_absolute() else root / p).absolute()))
+            out.add(os.path.realpath(p if p.is_absolute() else root / p))
     return out
 
 
@@ -102,13 +102,24 @@ def load_pairs(dirs: Sequence[str | os.PathLike], exclude: set[str] | None = Non
                 cap = (row.get("caption") or "").strip()
                 if not cap:
                     continue
-                p = str((d / row["path"]).absolute())
+                p = os.path.realpath(d / row["path"])  # symlinks and '..' must not dodge exclusions
                 target = dropped if p in exclude else used
                 target.paths.append(p)
                 target.captions.append(cap)
                 target.sources.append(d.name)
     if not used.paths:
         raise DataError(f"no image-caption pairs left in {', '.join(map(str, dirs))} after exclusions")
+    if exclude and not dropped.paths:
+        raise DataError(
+            f"the exclusion list(s) ({len(exclude)} paths) match no image of {', '.join(map(str, dirs))}: "
+            f"they were written for another data folder; nothing would be kept out of pretraining"
+        )
+    for d in dirs:
+        own = Path(d) / "splits" / "pretrain_exclude.txt"
+        if own.is_file() and not any(p.startswith(os.path.realpath(d) + os.sep) for p in exclude):
+            log.warning(
+                "%s lists evaluation images to keep out of pretraining, but was not passed to --exclude", own
+            )
     return used, dropped
 
 

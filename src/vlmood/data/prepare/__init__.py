@@ -94,6 +94,26 @@ def _check_existing(name: str, out: Path, marker: dict[str, Any] | None) -> None
         )
 
 
+# options that say where inputs come from or how fast to work, not what the output holds
+_NON_CONTENT_OPTIONS = {"install", "from_dir", "wheel", "workers"}
+
+
+def _content_options(options: dict[str, Any]) -> dict[str, str]:
+    return {k: str(v) for k, v in sorted(options.items()) if k not in _NON_CONTENT_OPTIONS}
+
+
+def _check_options(name: str, out: Path, marker: dict[str, Any], options: dict[str, Any]) -> None:
+    """An existing output made with other content options (seed, size, ...) is not reused silently."""
+    before = _content_options(marker.get("options", {}))
+    now = _content_options(options)
+    changed = {k for k in set(before) | set(now) if k in now and before.get(k) != now.get(k)}
+    if changed:
+        raise DataError(
+            f"{out} was prepared with other options ({', '.join(f'{k}={before.get(k)!r}' for k in sorted(changed))}; "
+            f"asked for {', '.join(f'{k}={now[k]!r}' for k in sorted(changed))}): pass --force to rebuild it"
+        )
+
+
 def _versions() -> dict[str, str]:
     from importlib import metadata
 
@@ -125,10 +145,14 @@ def prepare(name: str, out: str | os.PathLike, force: bool = False, **options: A
                 )
         elif not force:
             _check_existing(key, out, marker)
+            _check_options(key, out, marker, options)
             log.info("%s: %s is already prepared (use force=True / --force to rebuild)", key, out)
             return out
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o777 & ~umask)  # mkdtemp makes 0700; the renamed folder gets normal permissions
     t0 = time.perf_counter()
     try:
         info = builder(tmp, **options) or {}
