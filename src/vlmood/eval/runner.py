@@ -57,6 +57,7 @@ class LabelledSet:
     name: str
     source: ImageSource
     classnames: list[str]
+    note: str | None = None  # e.g. "a pretraining style", carried into results.json
 
 
 @dataclass
@@ -267,6 +268,7 @@ def run_eval(
                 "accuracy": zero_shot_accuracy(fs.get("image"), cls_text, fs.valid_labels()),
                 "n_classes": len(ls.classnames),
                 "dataset": _dataset_record(fs),
+                **({"note": ls.note} if ls.note else {}),
             }
         if recs:
             extra_acc[kind_name] = recs
@@ -343,7 +345,8 @@ def format_table(results: dict[str, Any]) -> str:
     lines.append(f"model: {model.get('spec') or model.get('arch')}  ID accuracy: {100 * acc:.2f}%")
     for kind_name in ("domain_shift", "held_out"):
         for name, rec in results.get(kind_name, {}).items():
-            lines.append(f"{kind_name} {name}: accuracy {100 * rec['accuracy']:.2f}%")
+            note = f"  ({rec['note']})" if rec.get("note") else ""
+            lines.append(f"{kind_name} {name}: accuracy {100 * rec['accuracy']:.2f}%{note}")
     header = f"{'OOD set':<24}" + "".join(f"{m:>10}" for m in ("FPR95", "AUROC", "AUPR-in", "AUPR-out"))
     for label, entry in results.get("scores", {}).items():
         lines.append("")

@@ -115,6 +115,8 @@ def sets_from_benchmark(benchmark: str, root: str | os.PathLike | None) -> Resol
             _, group, name = key.split("/", 2)
             ood.append(OODSet(name, src, group))
 
+    notes = {spec.key: getattr(spec, "note", None) for spec in bench.sets()}
+
     def labelled(prefix: str, default_names: list[str] | None) -> list[LabelledSet]:
         out = []
         for key, src in r.items():
@@ -122,7 +124,7 @@ def sets_from_benchmark(benchmark: str, root: str | os.PathLike | None) -> Resol
                 cls = list(src.classnames or default_names or [])
                 if not cls:
                     raise DataError(f"{bench.origin}: set {key!r} has no class names")
-                out.append(LabelledSet(key.split("/", 1)[1], src, cls))
+                out.append(LabelledSet(key.split("/", 1)[1], src, cls, notes.get(key)))
         return out
 
     es = EvalSets(

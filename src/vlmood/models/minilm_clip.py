@@ -226,8 +226,12 @@ def load_minilm_clip_dir(
             raise ModelLoadError(
                 f"{p} is missing: a MiniLM-text CLIP directory holds {CONFIG_NAME} and {WEIGHTS_NAME}"
             )
-    cfg = json.loads(cfg_path.read_text())
-    model, tokenizer, resolved = build_minilm_clip(cfg["model_cfg"], lock_text=True)
+    try:
+        cfg = json.loads(cfg_path.read_text(encoding="utf-8"))
+        model_cfg = cfg["model_cfg"]
+    except (json.JSONDecodeError, KeyError, TypeError) as e:
+        raise ModelLoadError(f"{cfg_path} is not a valid model config (needs 'model_cfg'): {e}") from e
+    model, tokenizer, resolved = build_minilm_clip(model_cfg, lock_text=True)
     load_stored_state(model, load_file(str(w_path)), str(w_path))
     model.eval()
     weights = f"sha256:{sha256_file(w_path)}+{MINILM_PIP}=={minilm_version()}"

@@ -299,7 +299,9 @@ def pretrain(cfg: PretrainConfig, resume: bool = False, progress: bool = True) -
     pooled = None
     if cfg.text_tower == "minilm":
         cache = out / "text_pooled.pt"
-        key = sha256_json(texts)
+        from vlmood.models.minilm_clip import minilm_version
+
+        key = sha256_json({"texts": texts, "minilm": minilm_version()})
         if cache.exists():
             state = torch.load(cache, weights_only=True)
             pooled = state["pooled"] if state.get("key") == key else None
