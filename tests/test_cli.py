@@ -227,3 +227,72 @@ def test_cache_command_precomputes_then_eval_encodes_nothing(example, tmp_path, 
     assert all(
         d["cache"]["encoded_now"] == 0 for d in [res["datasets"]["id"], *res["datasets"]["ood"].values()]
     )
+
+
+def test_fit_then_eval_with_adapter(example, tmp_path, capsys, monkeypatch):
+    """`vlmood fit coop` writes an adapter; `vlmood eval --adapter` scores with its class features."""
+    monkeypatch.setenv("VLMOOD_CACHE", str(tmp_path / "cache"))
+    common = ["--model", "tiny-test", "--benchmark", str(example), "--workers", "0", "--no-progress"]
+    rc = main(
+        [
+            "fit",
+            "coop",
+            *common,
+            "--shots",
+            "2",
+            "--epochs",
+            "2",
+            "--train-batch-size",
+            "4",
+            "--param",
+            "n_ctx=4",
+            "--out",
+            str(tmp_path / "ad"),
+        ]
+    )
+    out, err = capsys.readouterr()
+    assert rc == 0, err
+    assert (tmp_path / "ad" / "adapter.json").is_file() and (tmp_path / "ad" / "split.json").is_file()
+    rc, out, err = _eval(
+        [
+            "--benchmark",
+            str(example),
+            "--scores",
+            "mcm,energy",
+            "--adapter",
+            str(tmp_path / "ad"),
+            "--out",
+            str(tmp_path / "r"),
+        ],
+        capsys,
+    )
+    assert rc == 0, err
+    res = json.loads((tmp_path / "r" / "results.json").read_text())
+    assert res["adapter"]["method"] == "coop" and res["adapter"]["key"]
+    zs = tmp_path / "zs"
+    rc, _, err = _eval(["--benchmark", str(example), "--scores", "mcm", "--out", str(zs)], capsys)
+    assert rc == 0, err
+    zres = json.loads((zs / "results.json").read_text())
+    assert (
+        res["scores"]["mcm"]["per_set"] != zres["scores"]["mcm"]["per_set"]
+    )  # the adapter changed the classifier
+    # an adapter for another base model is refused with a clear message
+    rc = main(
+        [
+            "eval",
+            "--model",
+            "open_clip:vlmood-tiny-test@random:1",
+            "--benchmark",
+            str(example),
+            "--scores",
+            "mcm",
+            "--adapter",
+            str(tmp_path / "ad"),
+            "--out",
+            str(tmp_path / "bad"),
+            "--workers",
+            "0",
+            "--no-progress",
+        ]
+    )
+    assert rc == 2 and "trained on base model" in capsys.readouterr().err

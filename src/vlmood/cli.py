@@ -127,6 +127,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="score(s): 'mcm,energy' or 'neglabel:ngroup=100,temperature=0.01' (repeatable)",
     )
     ev.add_argument("--out", required=True, help="output directory (results.json, raw scores)")
+    ev.add_argument(
+        "--adapter", default=None, help="an adapter directory written by `vlmood fit` (same --model)"
+    )
     ev.add_argument("--json", action="store_true", help="print results.json instead of the table")
 
     ca = sub.add_parser("cache", help="precompute image features (and class text features) into the cache")
@@ -179,6 +182,25 @@ def build_parser() -> argparse.ArgumentParser:
     dm.add_argument("--device", default="auto")
     dm.add_argument("--no-report", action="store_true")
     dm.add_argument("--no-progress", action="store_true")
+
+    ft = sub.add_parser(
+        "fit", help="train an adaptation method (CoOp, CoCoOp, LoCoOp, linear-probe, PLP, UEO)"
+    )
+    ft.add_argument("method", help="a registered method (see vlmood.methods.list_methods())")
+    _add_model_args(ft)
+    _add_data_args(ft)
+    ft.add_argument(
+        "--shots", type=int, default=None, help="k images per class (few-shot split saved with the run)"
+    )
+    ft.add_argument("--seed", type=int, default=None)
+    ft.add_argument("--epochs", type=int, default=None, help="override the method's paper default")
+    ft.add_argument(
+        "--train-batch-size", type=int, default=None, help="override the paper default batch size"
+    )
+    ft.add_argument("--lr", type=float, default=None, help="override the paper default learning rate")
+    ft.add_argument("--param", action="append", default=[], metavar="KEY=VALUE", help="method parameter")
+    ft.add_argument("--out", required=True, help="adapter directory")
+    ft.add_argument("--resume", action="store_true")
 
     sub.add_parser("models", help="list registered models and spec forms")
     sc = sub.add_parser("scores", help="list registered OOD scores and their parameters")
@@ -272,6 +294,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
         progress=not args.no_progress,
         command=sys.argv,
     )
+    if args.adapter:
+        _apply_adapter(args.adapter, model, opts, sets.eval_sets.classnames)
     results = run_eval(model, sets.eval_sets, specs, args.out, opts)
     if D.is_main():
         if args.json:
@@ -280,6 +304,31 @@ def cmd_eval(args: argparse.Namespace) -> int:
             print(format_table(results))
             print(f"\nresults: {Path(args.out) / 'results.json'}")
     return 0
+
+
+def _apply_adapter(path: str, model, opts, classnames: list[str]) -> None:
+    """Load an adapter onto ``model``; prompt-type adapters replace the zero-shot classifier."""
+    from vlmood.methods import load_adapter, read_adapter_info
+
+    ad = load_adapter(path, model)  # UEO also rewrites the visual norms and the model identity
+    info = read_adapter_info(path)
+    if ad.kind != "prompt":
+        raise ValueError(
+            f"adapter {path} ({info.get('method')}, kind {ad.kind!r}) gives per-image or probe logits; "
+            f"`vlmood eval --adapter` supports prompt-type adapters (CoOp, LoCoOp, UEO) so far"
+        )
+    if list(info.get("classnames", [])) != list(classnames):
+        raise ValueError(
+            f"adapter {path} was trained for {len(info.get('classnames', []))} other class names than this "
+            f"ID set's {len(classnames)}; evaluate it on the classes it learned"
+        )
+    opts.text_override = ad.text_features()
+    opts.adapter_info = {
+        "path": str(path),
+        "method": info.get("method"),
+        "params": info.get("params"),
+        "key": ad.key,
+    }
 
 
 def cmd_cache(args: argparse.Namespace) -> int:
@@ -375,6 +424,45 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_fit(args: argparse.Namespace) -> int:
+    from vlmood.methods import create_method, fit_method
+
+    params = {}
+    for text in args.param:
+        if "=" not in text:
+            raise ValueError(f"--param {text!r} is not KEY=VALUE")
+        k, _, v = text.partition("=")
+        params[k.strip()] = _scalar(v.strip())
+    method = create_method(args.method, **params)
+    given = {"epochs": args.epochs, "batch_size": args.train_batch_size, "lr": args.lr}
+    cfg = method.default_config(**{k: v for k, v in given.items() if v is not None})
+    if args.seed is not None:
+        cfg.seed = args.seed
+    es = _build_sets(args).eval_sets if (args.benchmark or args.id_data) else None
+    if es is None:
+        raise ValueError(
+            "pass --benchmark (its train split is used) or --id/--train with the training images"
+        )
+    data = es.train if es.train is not None else es.id
+    model = _load_model(args)
+    out = fit_method(
+        args.method,
+        model,
+        data,
+        args.out,
+        cfg,
+        params,
+        shots=args.shots,
+        seed=args.seed,
+        classnames=es.classnames,
+        cache_root=args.cache_dir,
+        progress=not args.no_progress,
+        resume=args.resume,
+    )
+    print(f"adapter: {out}\nevaluate: vlmood eval --model {args.model} --adapter {out} ...")
+    return 0
+
+
 def cmd_models(args: argparse.Namespace) -> int:
     from vlmood.models import list_models
 
@@ -463,6 +551,7 @@ COMMANDS = {
     "eval": cmd_eval,
     "cache": cmd_cache,
     "pretrain": cmd_pretrain,
+    "fit": cmd_fit,
     "report": cmd_report,
     "demo": cmd_demo,
     "models": cmd_models,

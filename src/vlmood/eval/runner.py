@@ -102,6 +102,9 @@ class EvalOptions:
     progress: bool = True
     save_scores: bool = True
     command: list[str] | None = None
+    # an adapter's class text features replace the zero-shot classifier (prompt learning, UEO)
+    text_override: np.ndarray | None = None
+    adapter_info: dict[str, Any] | None = None
 
 
 def _summarise(per_set: dict[str, dict[str, float]], groups: dict[str, str]) -> dict[str, dict[str, float]]:
@@ -217,7 +220,14 @@ def run_eval(
     if not D.is_main():
         return {}  # scoring, metrics and files are rank 0's job
     t = time.perf_counter()
-    text = class_text_features(model, sets.classnames, opts.templates, opts.cache_dir)
+    if opts.text_override is not None:
+        text = np.ascontiguousarray(opts.text_override, dtype=np.float32)
+        if text.shape[0] != len(sets.classnames):
+            raise ValueError(
+                f"the adapter has {text.shape[0]} classes but the ID set has {len(sets.classnames)}"
+            )
+    else:
+        text = class_text_features(model, sets.classnames, opts.templates, opts.cache_dir)
     timings["text_s"] = time.perf_counter() - t
 
     id_image = id_fs.get("image")
@@ -252,6 +262,7 @@ def run_eval(
             "feature_kinds": kinds,
         },
         "id_accuracy": zero_shot_accuracy(id_image, text, id_labels),
+        **({"adapter": opts.adapter_info} if opts.adapter_info else {}),
     }
     # Domain shift: the ID classes in another domain; held-out: other classes, their own names.
     extra_acc: dict[str, dict[str, Any]] = {}
@@ -284,7 +295,8 @@ def run_eval(
         t = time.perf_counter()
         ctx = ScoreContext(
             text_features=text,
-            classnames=list(sets.classnames),
+            # with an adapter, scores must use its class features (NegLabel re-encodes names otherwise)
+            classnames=None if opts.text_override is not None else list(sets.classnames),
             encode_text=encode_fn,
             train_features=train_fs.get("image") if (train_fs is not None and sc.needs_train) else None,
             train_labels=train_fs.valid_labels() if (train_fs is not None and sc.needs_train) else None,
