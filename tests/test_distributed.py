@@ -74,3 +74,20 @@ def test_two_process_ddp_training_keeps_ranks_in_sync(tmp_path):
         torch.testing.assert_close(w0[k], w1[k], rtol=0, atol=0, msg=k)  # gradients were all-reduced
         assert not torch.equal(w0[k], init[k]), k  # and training happened
     assert (tmp_path / "run" / "last.pt").exists()
+
+
+def test_two_process_eval_writes_one_result(tmp_path, monkeypatch):
+    """Under torchrun every rank encodes its share; rank 0 alone scores and writes (no hang)."""
+    import json
+
+    from vlmood.data.example import write_example
+
+    bench = write_example(tmp_path / "ex", per_class=6, size=32)
+    # with a domain-shift set: its accuracy is computed after the other ranks have left run_eval
+    text = bench.read_text() + "domain_shift:\n  - name: shifted\n    folder: train\n    classnames: classnames.txt\n"
+    bench.write_text(text)
+    monkeypatch.setenv("VLMOOD_CACHE", str(tmp_path / "cache"))
+    _torchrun("dist_eval_worker.py", str(bench), str(tmp_path / "run"))
+    res = json.loads((tmp_path / "run" / "results.json").read_text())
+    assert set(res["scores"]) == {"mcm", "knn"} and res["datasets"]["id"]["n"] == 30
+    assert "shifted" in res["domain_shift"]

@@ -214,8 +214,12 @@ def run_eval(
     id_fs = extract_features(model, sets.id, kinds, **extract_kw)
     ood_fs = {o.name: extract_features(model, o.source, kinds, **extract_kw) for o in sets.ood}
     train_fs = extract_features(model, sets.train, ["image"], **extract_kw) if needs_train else None
-    for ls in sets.domain_shift + sets.held_out:
-        extract_features(model, ls.source, ["image"], **extract_kw)  # every rank helps encode
+    # every rank takes part in each extraction (they are collective under torchrun)
+    labelled_fs = {
+        (kind, ls.name): extract_features(model, ls.source, ["image"], **extract_kw)
+        for kind, group in (("domain_shift", sets.domain_shift), ("held_out", sets.held_out))
+        for ls in group
+    }
     timings["features_s"] = time.perf_counter() - t
     if not D.is_main():
         return {}  # scoring, metrics and files are rank 0's job
@@ -269,7 +273,7 @@ def run_eval(
     for kind_name, group in (("domain_shift", sets.domain_shift), ("held_out", sets.held_out)):
         recs = {}
         for ls in group:
-            fs = extract_features(model, ls.source, ["image"], **extract_kw)
+            fs = labelled_fs[(kind_name, ls.name)]
             cls_text = (
                 text
                 if ls.classnames == sets.classnames
