@@ -84,7 +84,10 @@ def test_two_process_eval_writes_one_result(tmp_path, monkeypatch):
 
     bench = write_example(tmp_path / "ex", per_class=6, size=32)
     # with a domain-shift set: its accuracy is computed after the other ranks have left run_eval
-    text = bench.read_text() + "domain_shift:\n  - name: shifted\n    folder: train\n    classnames: classnames.txt\n"
+    text = (
+        bench.read_text()
+        + "domain_shift:\n  - name: shifted\n    folder: train\n    classnames: classnames.txt\n"
+    )
     bench.write_text(text)
     monkeypatch.setenv("VLMOOD_CACHE", str(tmp_path / "cache"))
     _torchrun("dist_eval_worker.py", str(bench), str(tmp_path / "run"))

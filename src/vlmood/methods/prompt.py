@@ -5,6 +5,13 @@ A prompt is ``[SOS][ctx_1 .. ctx_M][CLASS tokens][.][EOS]`` (class-token positio
 context (CoOp ``CLASS_TOKEN_POSITION``). The text feature is ``ln_final`` at the end-of-text
 token, ``@ text_projection``, L2-normalised.
 
+**Hugging Face text towers** (open_clip ``HFTextEncoder``, e.g. BERT in ``vlmood-tiny``): the
+prompt is ``[CLS][ctx_1 .. ctx_M][CLASS tokens][.][SEP][PAD]..``; the context replaces the word
+embeddings of M placeholder tokens, the encoder gets ``inputs_embeds`` (adding position and
+token-type embeddings itself) with the non-padding attention mask, then the tower's masked pooler
+and projection, L2-normalised (:func:`encode_embedded_hf`). Word initialisation reproduces
+``OpenClipVLM.encode_text`` of the same sentence.
+
 **Memory with many classes.** :func:`encode_prompts` runs the text tower over the prompts in
 chunks; each chunk is wrapped in ``torch.utils.checkpoint`` so that only the chunk outputs
 ``[m, D]`` are kept for the backward pass and the activations of one chunk at a time are
@@ -26,15 +33,54 @@ from torch.utils.checkpoint import checkpoint
 POSITIONS = ("end", "middle", "front")
 
 
+_HF_POOLERS = ("MeanPooler", "MaxPooler", "ClsPooler")  # masked poolers: padding never counts
+
+
+def _hf_tower(model) -> nn.Module | None:
+    """The text tower when it is an open_clip ``HFTextEncoder`` (a Hugging Face encoder fed
+    ``inputs_embeds`` + ``attention_mask``, then ``pooler(out, mask)`` and ``proj``), else None."""
+    inner = getattr(model, "model", None)
+    tower = getattr(inner, "text", None) if inner is not None else None
+    if tower is None or hasattr(tower, "token_embedding"):
+        return None
+    ok = all(hasattr(tower, a) for a in ("transformer", "pooler", "proj", "config"))
+    ok = ok and getattr(tower.config, "pad_token_id", None) is not None
+    ok = ok and hasattr(getattr(tower, "transformer", None), "get_input_embeddings")
+    return tower if ok else None
+
+
+def _token_embedding(model) -> nn.Embedding:
+    """The word-embedding table of the text tower (open_clip ``token_embedding`` or the Hugging
+    Face encoder's input embeddings)."""
+    tower = _hf_tower(model)
+    if tower is not None:
+        return tower.transformer.get_input_embeddings()
+    return model.token_embedding  # raises NotImplementedError for unsupported towers
+
+
 def _require_prompt_model(model) -> None:
+    if _hf_tower(model) is not None:
+        if type(_hf_tower(model).pooler).__name__ not in _HF_POOLERS:
+            raise NotImplementedError(
+                f"prompt learning on Hugging Face text towers supports the poolers {', '.join(_HF_POOLERS)} "
+                f"(got {type(_hf_tower(model).pooler).__name__})"
+            )
+        return
     if not hasattr(model, "token_embedding") or not hasattr(model, "encode_text_embeddings"):
         raise NotImplementedError(
             f"prompt learning needs an open_clip model with token embeddings (got {type(model).__name__})"
         )
-    _ = model.token_embedding  # raises NotImplementedError for HF text towers
+    _ = model.token_embedding  # raises NotImplementedError for other text towers
 
 
 def _eot_index(model, tokens: torch.Tensor) -> torch.Tensor:
+    """Position of the end-of-text token: [SEP] (the last non-padding token) for Hugging Face
+    towers, the pooled end-of-text token for open_clip towers."""
+    tower = _hf_tower(model)
+    if tower is not None:
+        nonpad = tokens != tower.config.pad_token_id
+        pos = torch.arange(tokens.shape[1], device=tokens.device).expand_as(tokens)
+        return torch.where(nonpad, pos, torch.zeros_like(pos)).max(dim=1).values
     pool = getattr(model, "_pool_index", None)
     return pool(tokens) if pool is not None else tokens.argmax(dim=-1)
 
@@ -65,7 +111,7 @@ class PromptLearner(nn.Module):
         self.classnames = [str(c) for c in classnames]
         self.position = position
         self.csc = bool(csc)
-        emb = model.token_embedding
+        emb = _token_embedding(model)
         width = emb.weight.shape[1]
         k = len(self.classnames)
         if ctx_init:
@@ -130,7 +176,7 @@ class PromptLearner(nn.Module):
 
         ``bias`` ``[m, W]`` is added to every context token of the matching prompt (CoCoOp)."""
         model = self.model[0]
-        emb = model.token_embedding
+        emb = _token_embedding(model)
         idx = idx.to(self.tokens.device)
         tokens = self.tokens[idx]
         with torch.no_grad():
@@ -161,7 +207,10 @@ def encode_embedded(model, x: torch.Tensor, tokens: torch.Tensor, truncate: bool
     """Normalised text features [m, D] from prompt embeddings ``x`` [m, L, W] (grad flows to ``x``).
 
     With a causal text tower pooled at the end-of-text token the prompts are cut after the last
-    end-of-text position (results unchanged); otherwise ``model.encode_text_embeddings``."""
+    end-of-text position (results unchanged); with a Hugging Face tower (masked pooler) see
+    :func:`encode_embedded_hf`; otherwise ``model.encode_text_embeddings``."""
+    if _hf_tower(model) is not None:
+        return encode_embedded_hf(model, x, tokens, truncate)
     if not (truncate and getattr(model, "_truncatable_text", False)):
         return model.encode_text_embeddings(x, tokens)
     tower = model.text_tower
@@ -176,6 +225,24 @@ def encode_embedded(model, x: torch.Tensor, tokens: torch.Tensor, truncate: bool
     proj = tower.text_projection
     if proj is not None:
         h = proj(h) if isinstance(proj, nn.Linear) else h @ proj
+    return F.normalize(h if h.dtype == torch.float64 else h.float(), dim=-1)
+
+
+def encode_embedded_hf(model, x: torch.Tensor, tokens: torch.Tensor, truncate: bool = True) -> torch.Tensor:
+    """Normalised text features [m, D] of a Hugging Face text tower from word embeddings ``x``
+    [m, L, W]: the encoder gets ``inputs_embeds`` (it adds position and token-type embeddings
+    itself) and the attention mask of the non-padding ``tokens``, then the tower's masked pooler
+    and projection, as ``HFTextEncoder.forward`` does with token ids. Padding is masked out of
+    attention and pooling, so the all-padding columns are dropped first (results unchanged)."""
+    tower = _hf_tower(model)
+    tokens = tokens.to(x.device)
+    mask = (tokens != tower.config.pad_token_id).long()
+    if truncate:
+        n = int(_eot_index(model, tokens).max()) + 1
+        x, mask = x[:, :n], mask[:, :n]
+    dtype = next(tower.transformer.parameters()).dtype
+    out = tower.transformer(inputs_embeds=x.to(dtype), attention_mask=mask)
+    h = tower.proj(tower.pooler(out, mask))
     return F.normalize(h if h.dtype == torch.float64 else h.float(), dim=-1)
 
 
