@@ -116,3 +116,31 @@ class FakeVLM(VLM):
 @pytest.fixture
 def fake_model() -> FakeVLM:
     return FakeVLM()
+
+
+@pytest.fixture(scope="session")
+def report_runs(tmp_path_factory) -> dict[str, Path]:
+    """Two `vlmood eval` runs (tiny-test model) on the example benchmark with different scores.
+
+    Shared by the report tests; tests that alter a run copy it first.
+    """
+    from vlmood.cli import main
+    from vlmood.data.example import write_example
+
+    root = tmp_path_factory.mktemp("report_runs")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("VLMOOD_CACHE", str(root / "cache"))
+        bench = write_example(root / "example", per_class=8, size=32)
+        common = [
+            "eval",
+            "--model",
+            "tiny-test",
+            "--benchmark",
+            str(bench),
+            "--no-progress",
+            "--workers",
+            "0",
+        ]
+        assert main([*common, "--scores", "mcm,energy,knn", "--out", str(root / "run_a")]) == 0
+        assert main([*common, "--scores", "maxlogit,mcm", "--out", str(root / "run_b")]) == 0
+    return {"a": root / "run_a", "b": root / "run_b"}

@@ -17,28 +17,9 @@ from vlmood.report import ReportError, roc_curve, write_report  # noqa: E402
 
 # ---------------------------------------------------------------- fixtures: two real tiny runs
 @pytest.fixture(scope="module")
-def runs(tmp_path_factory) -> dict[str, Path]:
-    """Two `vlmood eval` runs (tiny-test model) on the example benchmark with different scores."""
-    from vlmood.cli import main
-    from vlmood.data.example import write_example
-
-    root = tmp_path_factory.mktemp("report_runs")
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("VLMOOD_CACHE", str(root / "cache"))
-        bench = write_example(root / "example", per_class=8, size=32)
-        common = [
-            "eval",
-            "--model",
-            "tiny-test",
-            "--benchmark",
-            str(bench),
-            "--no-progress",
-            "--workers",
-            "0",
-        ]
-        assert main([*common, "--scores", "mcm,energy,knn", "--out", str(root / "run_a")]) == 0
-        assert main([*common, "--scores", "maxlogit,mcm", "--out", str(root / "run_b")]) == 0
-    return {"a": root / "run_a", "b": root / "run_b"}
+def runs(report_runs) -> dict[str, Path]:
+    """Two real tiny runs (shared ``report_runs`` fixture in conftest.py)."""
+    return report_runs
 
 
 def _copy_run(src: Path, dst: Path) -> Path:

@@ -68,28 +68,11 @@ def _run_chromium(browser: str, tmp: Path, *args: str) -> subprocess.CompletedPr
 
 
 @pytest.fixture(scope="module")
-def report(browser, tmp_path_factory) -> Path:
-    from vlmood.cli import main
-    from vlmood.data.example import write_example
-
-    root = tmp_path_factory.mktemp("report_browser")
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("VLMOOD_CACHE", str(root / "cache"))
-        bench = write_example(root / "example", per_class=8, size=32)
-        common = [
-            "eval",
-            "--model",
-            "tiny-test",
-            "--benchmark",
-            str(bench),
-            "--no-progress",
-            "--workers",
-            "0",
-        ]
-        assert main([*common, "--scores", "mcm,energy,knn", "--out", str(root / "run_a")]) == 0
-        assert main([*common, "--scores", "maxlogit,mcm", "--out", str(root / "run_b")]) == 0
-    write_report([root / "run_a", root / "run_b"], root / "report")
-    return root / "report"
+def report(browser, report_runs, tmp_path_factory) -> Path:
+    # ``browser`` first: without chromium the test skips before any evaluation runs
+    out = tmp_path_factory.mktemp("report_browser") / "report"
+    write_report([report_runs["a"], report_runs["b"]], out)
+    return out
 
 
 def test_tables_and_images_in_chromium(browser, report, tmp_path):

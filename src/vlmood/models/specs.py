@@ -603,8 +603,8 @@ def vlmood_tiny(
     seed: int = 0,
     spec: str = "vlmood-tiny",
 ) -> VLM:
-    """vlmood's own small CLIP (shipped weights, offline): a 64 px ViT image tower trained from
-    scratch on ~11.5k offline image-text pairs + the locked packaged MiniLM text encoder. See
+    """vlmood's own small CLIP (shipped weights, offline): a 64 px ResNet-10-T image tower trained
+    from scratch on ~11.5k offline image-text pairs + the locked packaged MiniLM text encoder. See
     ``resources/models/vlmood-tiny/MODEL_CARD.md`` for data, classes seen and metrics."""
     from importlib import resources
 
