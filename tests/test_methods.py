@@ -493,22 +493,22 @@ def test_ueo_trains_prompt_and_visual_norms_only(tmp_path):
     )
     losses = _losses(out)
     assert losses[-1] < losses[0]
-    changed = set(_changed(before, _state(m)))
-    assert changed and changed <= visual_norms  # nothing outside the visual normalisation layers
+    # fit leaves the base model as it came (its identity keys feature caches of the base weights)
+    assert _changed(before, _state(m)) == []
     info = json.loads((out / "adapter.json").read_text())
     assert 0 < info["metrics"]["weights_min"] <= info["metrics"]["weights_mean"] <= 1
-    trained = _state(m)
     with torch.no_grad():
         x = torch.rand(2, 3, 32, 32)
-        img_trained = m.encode_image(x)
+        img_base = m.encode_image(x)
 
     fresh = load_model("tiny-test")
     key0 = fresh.identity.key
     ad = load_adapter(out, fresh)
     assert ad.adapts_image_encoder and fresh.identity.key != key0  # caches will not mix
-    assert _changed(trained, _state(fresh)) == []
+    changed = set(_changed(before, _state(fresh)))
+    assert changed and changed <= visual_norms  # nothing outside the visual normalisation layers
     with torch.no_grad():
-        torch.testing.assert_close(fresh.encode_image(x), img_trained)
+        assert not torch.allclose(fresh.encode_image(x), img_base)
     t = ad.text_features()
     assert t.shape == (3, m.embed_dim)
     load_adapter(out, fresh)  # loading again onto the adapted model is still the same base model

@@ -307,27 +307,27 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 
 def _apply_adapter(path: str, model, opts, classnames: list[str]) -> None:
-    """Load an adapter onto ``model``; prompt-type adapters replace the zero-shot classifier."""
+    """Load an adapter onto ``model`` (UEO also rewrites the visual norms and the model identity);
+    its class head replaces the zero-shot classifier in run_eval."""
     from vlmood.methods import load_adapter, read_adapter_info
 
-    ad = load_adapter(path, model)  # UEO also rewrites the visual norms and the model identity
     info = read_adapter_info(path)
-    if ad.kind != "prompt":
-        raise ValueError(
-            f"adapter {path} ({info.get('method')}, kind {ad.kind!r}) gives per-image or probe logits; "
-            f"`vlmood eval --adapter` supports prompt-type adapters (CoOp, LoCoOp, UEO) so far"
-        )
     if list(info.get("classnames", [])) != list(classnames):
         raise ValueError(
             f"adapter {path} was trained for {len(info.get('classnames', []))} other class names than this "
             f"ID set's {len(classnames)}; evaluate it on the classes it learned"
         )
-    opts.text_override = ad.text_features()
+    ad = load_adapter(path, model)
+    opts.adapter = ad
     opts.adapter_info = {
         "path": str(path),
         "method": info.get("method"),
+        "kind": ad.kind,
         "params": info.get("params"),
         "key": ad.key,
+        "train": info.get("train"),
+        "data": info.get("data"),
+        "split_file": info.get("split_file"),
     }
 
 

@@ -27,6 +27,7 @@ import numpy as np
 from vlmood import distributed as D
 from vlmood import metrics as M
 from vlmood.data.base import ImageSource
+from vlmood.eval import heads as H
 from vlmood.eval.provenance import environment_info
 from vlmood.features.extract import (
     FeatureSet,
@@ -102,8 +103,10 @@ class EvalOptions:
     progress: bool = True
     save_scores: bool = True
     command: list[str] | None = None
-    # an adapter's class text features replace the zero-shot classifier (prompt learning, UEO)
-    text_override: np.ndarray | None = None
+    # a loaded adapter (vlmood.methods.load_adapter) replaces the zero-shot classifier through its
+    # class head (vlmood.eval.heads): prompt learning and UEO give class text features, CoCoOp
+    # per-image cosines, probes logits on their cached feature kind
+    adapter: Any = None
     adapter_info: dict[str, Any] | None = None
 
 
@@ -156,6 +159,14 @@ def zero_shot_accuracy(image: np.ndarray, text: np.ndarray, labels: np.ndarray, 
     return float(np.mean(preds[keep] == labels[keep]))
 
 
+def matrix_accuracy(matrix: np.ndarray, labels: np.ndarray) -> float:
+    """Top-1 accuracy of the argmax of class similarities / logits (labels < 0 ignored)."""
+    keep = labels >= 0
+    if not keep.any():
+        return float("nan")
+    return float(np.mean(np.argmax(matrix, axis=1)[keep] == labels[keep]))
+
+
 def _dataset_record(fs: FeatureSet, group: str | None = None) -> dict[str, Any]:
     rec = {
         "name": fs.source.name,
@@ -190,7 +201,26 @@ def run_eval(
     labels_seen = [s.label for s, _ in score_objs]
     if len(set(labels_seen)) != len(labels_seen):
         raise ValueError(f"the same score was requested twice: {labels_seen}")
-    kinds = ["image"]
+    adapter = opts.adapter
+    head_kind = "text" if adapter is None else {"prompt": "text"}.get(adapter.kind, adapter.kind)
+    if adapter is not None:
+        if list(adapter.classnames) != list(sets.classnames):
+            raise ValueError(
+                f"the adapter ({adapter.method}) was trained for {len(adapter.classnames)} classes other "
+                f"than this ID set's {len(sets.classnames)}; evaluate it on the classes it learned"
+            )
+        bad = [
+            f"{spec.label}: {why}"
+            for spec, sc in score_objs
+            if (why := H.unsupported_reason(sc, _KindOnly(head_kind)))
+        ]
+        if bad:
+            raise ValueError(
+                f"score(s) not defined for a {adapter.method} adapter ({head_kind} head): " + "; ".join(bad)
+            )
+    head_feature = getattr(adapter, "feature_kind", "image") if head_kind == "probe" else "image"
+    set_kinds = list(dict.fromkeys(["image", head_feature]))
+    kinds = list(set_kinds)
     for _, sc in score_objs:
         for k in sc.requires:
             if k not in kinds:
@@ -216,7 +246,7 @@ def run_eval(
     train_fs = extract_features(model, sets.train, ["image"], **extract_kw) if needs_train else None
     # every rank takes part in each extraction (they are collective under torchrun)
     labelled_fs = {
-        (kind, ls.name): extract_features(model, ls.source, ["image"], **extract_kw)
+        (kind, ls.name): extract_features(model, ls.source, set_kinds, **extract_kw)
         for kind, group in (("domain_shift", sets.domain_shift), ("held_out", sets.held_out))
         for ls in group
     }
@@ -224,18 +254,34 @@ def run_eval(
     if not D.is_main():
         return {}  # scoring, metrics and files are rank 0's job
     t = time.perf_counter()
-    if opts.text_override is not None:
-        text = np.ascontiguousarray(opts.text_override, dtype=np.float32)
-        if text.shape[0] != len(sets.classnames):
-            raise ValueError(
-                f"the adapter has {text.shape[0]} classes but the ID set has {len(sets.classnames)}"
-            )
+    # the base zero-shot classifier: the head of a zero-shot run; with a conditional or probe
+    # adapter still what NegLabel mines its negatives against
+    base_text = None
+    if head_kind != "text" or adapter is None:
+        base_text = class_text_features(model, sets.classnames, opts.templates, opts.cache_dir)
+    if adapter is None:
+        head: H.ClassHead = H.TextHead(base_text, model.logit_scale)
     else:
-        text = class_text_features(model, sets.classnames, opts.templates, opts.cache_dir)
+        head = H.head_for_adapter(adapter, model)
+    text = head.text if isinstance(head, H.TextHead) else base_text
     timings["text_s"] = time.perf_counter() - t
 
-    id_image = id_fs.get("image")
+    matrices: dict[str, np.ndarray] = {}
+
+    def head_matrix(key: str, fs: FeatureSet, h: H.ClassHead = head) -> np.ndarray:
+        """The head's [N, K] similarities for one set, computed once and shared by every score."""
+        if key not in matrices:
+            matrices[key] = h.matrix({k: fs.get(k) for k in set_kinds})
+        return matrices[key]
+
+    t = time.perf_counter()
     id_labels = id_fs.valid_labels()
+    id_accuracy = (
+        zero_shot_accuracy(id_fs.get("image"), head.text, id_labels)
+        if isinstance(head, H.TextHead)  # chunked; no [N, K] matrix kept
+        else matrix_accuracy(head_matrix("id", id_fs), id_labels)
+    )
+    timings["head_s"] = time.perf_counter() - t
     results: dict[str, Any] = {
         "schema": RESULTS_SCHEMA,
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
@@ -265,7 +311,8 @@ def run_eval(
             "fingerprint": opts.fingerprint,
             "feature_kinds": kinds,
         },
-        "id_accuracy": zero_shot_accuracy(id_image, text, id_labels),
+        "id_accuracy": id_accuracy,
+        "head": H.head_info(head),
         **({"adapter": opts.adapter_info} if opts.adapter_info else {}),
     }
     # Domain shift: the ID classes in another domain; held-out: other classes, their own names.
@@ -274,13 +321,10 @@ def run_eval(
         recs = {}
         for ls in group:
             fs = labelled_fs[(kind_name, ls.name)]
-            cls_text = (
-                text
-                if ls.classnames == sets.classnames
-                else class_text_features(model, ls.classnames, opts.templates, opts.cache_dir)
-            )
+            acc, classifier = _labelled_accuracy(model, sets, ls, fs, head, adapter, opts, set_kinds)
             recs[ls.name] = {
-                "accuracy": zero_shot_accuracy(fs.get("image"), cls_text, fs.valid_labels()),
+                "accuracy": acc,
+                "classifier": classifier,
                 "n_classes": len(ls.classnames),
                 "dataset": _dataset_record(fs),
                 **({"note": ls.note} if ls.note else {}),
@@ -299,27 +343,29 @@ def run_eval(
         t = time.perf_counter()
         ctx = ScoreContext(
             text_features=text,
-            # with an adapter, scores must use its class features (NegLabel re-encodes names otherwise)
-            classnames=None if opts.text_override is not None else list(sets.classnames),
+            # a prompt adapter's class features are the ID side (NegLabel would re-encode the names)
+            classnames=None if (adapter is not None and head_kind == "text") else list(sets.classnames),
             encode_text=encode_fn,
             train_features=train_fs.get("image") if (train_fs is not None and sc.needs_train) else None,
             train_labels=train_fs.valid_labels() if (train_fs is not None and sc.needs_train) else None,
-            logit_scale=model.logit_scale,
+            logit_scale=head.logit_scale,
             cache_dir=str(out / "artifacts"),
         )
         sc.fit(ctx)
         fit_s = time.perf_counter() - t
 
-        def run(fs: FeatureSet, sc=sc) -> np.ndarray:
-            patch = fs.get("patch") if "patch" in sc.requires else None
-            return sc.score(fs.get("image"), patch)
+        def run(key: str, fs: FeatureSet, sc=sc) -> np.ndarray:
+            feats = {k: fs.get(k) for k in sc.requires}
+            feats["image"] = fs.get("image")
+            matrix = None if head_kind == "text" else head_matrix(key, fs)
+            return H.score_with_head(sc, feats, head, matrix)
 
-        id_scores = run(id_fs)
+        id_scores = run("id", id_fs)
         per_set = {}
         # scores of readable images; index/* maps them back to the source's samples
         raw = {"id": id_scores, "index/id": np.flatnonzero(id_fs.valid)}
         for o in sets.ood:
-            ood_scores = run(ood_fs[o.name])
+            ood_scores = run(f"ood/{o.name}", ood_fs[o.name])
             raw[f"ood/{o.name}"] = ood_scores
             raw[f"index/ood/{o.name}"] = np.flatnonzero(ood_fs[o.name].valid)
             per_set[o.name] = M.ood_metrics(id_scores, ood_scores)
@@ -349,6 +395,41 @@ def run_eval(
     return results
 
 
+class _KindOnly:
+    """A stand-in head carrying only its kind (to check scores before anything is computed)."""
+
+    def __init__(self, kind: str) -> None:
+        self.kind = kind
+
+
+def _labelled_accuracy(model, sets: EvalSets, ls: LabelledSet, fs, head, adapter, opts, set_kinds):
+    """Accuracy on a domain-shift or held-out set and which classifier gave it.
+
+    Same classes as the ID set: the evaluated head. Other classes (held-out): zero-shot text
+    features for them; with an adapter, the adapter applied to the new names where it can be (a
+    shared learned prompt context, CoCoOp's meta-net) and otherwise the base zero-shot classifier
+    (class-specific context) or none at all (a probe knows only its training classes)."""
+    feats = {k: fs.get(k) for k in set_kinds}
+    labels = fs.valid_labels()
+
+    def accuracy(h) -> float:
+        if isinstance(h, H.TextHead):
+            return zero_shot_accuracy(feats["image"], h.text, labels)
+        return matrix_accuracy(h.matrix(feats), labels)
+
+    if ls.classnames == sets.classnames:
+        return accuracy(head), "zero-shot" if adapter is None else "adapter"
+    if adapter is not None:
+        other = head.for_classes(list(ls.classnames))
+        if other is not None:
+            return accuracy(other), "adapter on new class names"
+        if head.kind == "probe":
+            return None, "none: a probe has no classifier for classes it was not trained on"
+    text = class_text_features(model, ls.classnames, opts.templates, opts.cache_dir)
+    which = "zero-shot" if adapter is None else "zero-shot (the adapter does not transfer to new class names)"
+    return zero_shot_accuracy(fs.get("image"), text, labels), which
+
+
 def _safe(label: str) -> str:
     return "".join(c if c.isalnum() or c in "-_.=," else "_" for c in label)
 
@@ -362,7 +443,8 @@ def format_table(results: dict[str, Any]) -> str:
     for kind_name in ("domain_shift", "held_out"):
         for name, rec in results.get(kind_name, {}).items():
             note = f"  ({rec['note']})" if rec.get("note") else ""
-            lines.append(f"{kind_name} {name}: accuracy {100 * rec['accuracy']:.2f}%{note}")
+            acc = "n/a" if rec.get("accuracy") is None else f"{100 * rec['accuracy']:.2f}%"
+            lines.append(f"{kind_name} {name}: accuracy {acc}{note}")
     header = f"{'OOD set':<24}" + "".join(f"{m:>10}" for m in ("FPR95", "AUROC", "AUPR-in", "AUPR-out"))
     for label, entry in results.get("scores", {}).items():
         lines.append("")

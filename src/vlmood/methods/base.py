@@ -318,6 +318,12 @@ class Adapter:
     def logits(self, features: np.ndarray) -> np.ndarray:
         raise NotImplementedError(f"{self.method} adapters have no classification head; use similarities()")
 
+    def for_classes(self, classnames: Sequence[str]) -> Adapter | None:
+        """The same trained adapter applied to other class names (e.g. held-out classes: a learned
+        shared prompt context transfers to new names), or None when it cannot be (class-specific
+        context, a probe's head)."""
+        return None
+
 
 # ---------------------------------------------------------------------------------------------- artifact IO
 def _versions() -> dict[str, str]:

@@ -130,6 +130,12 @@ class CoCoOpAdapter(Adapter):
         self.module.load_state_dict(state, strict=True)
         self.module.requires_grad_(False).eval()
         self.text_chunk = p.get("text_chunk")
+        self._tensors = tensors
+
+    def for_classes(self, classnames) -> CoCoOpAdapter | None:
+        if bool(self.params.get("csc")):
+            return None
+        return CoCoOpAdapter(self.model, {**self.info, "classnames": list(classnames)}, self._tensors)
 
     def similarities(
         self, image_features: np.ndarray, patch_features: np.ndarray | None = None, batch: int = 64
@@ -140,7 +146,7 @@ class CoCoOpAdapter(Adapter):
         dev = self.module.learner.ctx.device
         with torch.no_grad():
             for s in range(0, n, batch):
-                img = torch.from_numpy(np.asarray(image_features[s : s + batch], dtype=np.float32)).to(dev)
+                img = torch.from_numpy(np.array(image_features[s : s + batch], dtype=np.float32)).to(dev)
                 chunk = auto_chunk(img.shape[0] * k, self.text_chunk)
                 text = self.module.conditional_text_features(img, chunk, use_checkpoint=False)
                 out[s : s + len(img)] = torch.einsum("bd,bkd->bk", img, text).cpu().numpy()
@@ -150,5 +156,5 @@ class CoCoOpAdapter(Adapter):
         """Per-image class text features [N, K, D] (memory N x K x D: use on small batches)."""
         dev = self.module.learner.ctx.device
         with torch.no_grad():
-            img = torch.from_numpy(np.asarray(image_features, dtype=np.float32)).to(dev)
+            img = torch.from_numpy(np.array(image_features, dtype=np.float32)).to(dev)
             return self.module.conditional_text_features(img, 0, use_checkpoint=False).cpu().numpy()

@@ -207,3 +207,10 @@ class PromptAdapter(Adapter):
         if self._text is None:
             self._text = self.text_features_tensor().float().cpu().numpy()
         return self._text
+
+    def for_classes(self, classnames) -> PromptAdapter | None:
+        if bool(self.params.get("csc")):
+            return None  # class-specific contexts exist only for the trained classes
+        info = {**self.info, "classnames": list(classnames)}
+        ctx = self.learner.ctx.detach()
+        return PromptAdapter(self.model, info, {"ctx": ctx})

@@ -173,18 +173,26 @@ class UEO(Method):
             loss, cond, marg = ueo_loss(probs, w.to(probs.device)[batch["index"]], trade)
             return loss, {"cond_entropy": float(cond.detach()), "marg_entropy": float(marg.detach())}
 
-        with frozen(model.torch_module):
-            params = dict(visual.named_parameters())
-            for n in self.norm_names:
-                params[n].requires_grad_(True)
-            self.module = UEOModule(self.learner, visual, model)
-            hist = run_engine(self.module, dataset, loss_fn, cfg, Path(out_dir), device, progress, resume)
+        params = dict(visual.named_parameters())
+        original = {n: params[n].detach().clone() for n in self.norm_names}
+        try:
+            with frozen(model.torch_module):
+                for n in self.norm_names:
+                    params[n].requires_grad_(True)
+                self.module = UEOModule(self.learner, visual, model)
+                hist = run_engine(self.module, dataset, loss_fn, cfg, Path(out_dir), device, progress, resume)
+            self.trained = {n: params[n].detach().clone() for n in self.norm_names}
+        finally:
+            # the base model leaves fit() as it came in: its identity (and so every feature cache
+            # keyed by it) still describes the base weights; load_adapter applies the tuned norms
+            with torch.no_grad():
+                for n, v in original.items():
+                    params[n].copy_(v)
         return {**self.metrics, **epoch_summary(hist)}
 
     def tensors(self) -> dict[str, torch.Tensor]:
-        params = dict(self.module.visual.named_parameters())
         out = {"ctx": self.learner.ctx.detach()}
-        out.update({f"visual.{n}": params[n].detach() for n in self.norm_names})
+        out.update({f"visual.{n}": v for n, v in self.trained.items()})
         return out
 
     def hparams(self) -> dict[str, Any]:

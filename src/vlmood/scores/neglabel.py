@@ -390,8 +390,33 @@ class NegLabelScore(Score):
             raise ValueError(
                 f"image features have dim {x.shape[1]} but text features have dim {self._wpos.shape[0]}"
             )
+        return self._combine(x, x @ self._wpos, given=False)  # [n, K] cos / T (a new float32 buffer)
+
+    def score_with_positive(self, image: np.ndarray, positive: np.ndarray) -> np.ndarray:
+        """ID scores when the ID-class cosines come from elsewhere: ``positive`` [N, K] unscaled
+        cosines per image (e.g. CoCoOp's image-conditioned class features) replace
+        ``image @ text_features.T``; the negatives are still scored on ``image``."""
+        if not hasattr(self, "_wneg"):
+            raise RuntimeError("NegLabelScore: call fit(ctx) before score_with_positive()")
+        if positive.ndim != 2 or positive.shape != (image.shape[0], self._wpos.shape[1]):
+            raise ValueError(
+                f"positive cosines must be [N={image.shape[0]}, K={self._wpos.shape[1]}], got {positive.shape}"
+            )
+        n = image.shape[0]
+        out = np.empty(n, dtype=np.float64)
+        rows = self._rows_per_chunk(image, None)
+        inv_t = np.float32(1.0 / self.temperature)
+        for s in range(0, n, rows):
+            x = np.asarray(image[s : s + rows], dtype=np.float32)
+            zp = np.multiply(np.asarray(positive[s : s + rows], dtype=np.float32), inv_t, dtype=np.float32)
+            out[s : s + rows] = self._combine(x, zp, given=True)
+        return out
+
+    def _combine(self, x: np.ndarray, zp: np.ndarray, given: bool) -> np.ndarray:
+        """S from ``zp`` = positive cosines / T [n, K] (overwritten) and image features ``x``;
+        ``given``: ``zp`` did not come from ``x`` (the exact path then needs a copy of it)."""
         n, g = x.shape[0], max(self.ngroup, 1)
-        zp = x @ self._wpos  # [n, K]  cos / T (new float32 buffers)
+        zp_given = zp.copy() if given else None
         zn = x @ self._wneg  # [n, M_used]
         # one shift per row (the row max): exp in float32, sums by BLAS, ratios in float64
         m = np.maximum(zp.max(axis=1), zn.max(axis=1))[:, None]
@@ -405,13 +430,15 @@ class NegLabelScore(Score):
         # sums this small lost mass to float32 underflow (tiny T or extreme features): redo exactly
         bad = (sp < _TINY) | (sn.min(axis=1) < _TINY)
         if bad.any():
-            out[bad] = self._score_exact(x[bad])
+            out[bad] = self._score_exact(x[bad], None if zp_given is None else zp_given[bad])
         return out
 
-    def _score_exact(self, x: np.ndarray) -> np.ndarray:
-        """Log-domain float64 S with a max shift per group (slow path for underflowing rows)."""
+    def _score_exact(self, x: np.ndarray, zpos: np.ndarray | None = None) -> np.ndarray:
+        """Log-domain float64 S with a max shift per group (slow path for underflowing rows);
+        ``zpos``: given positive cosines / T (else ``x @ W_pos``)."""
         x = x.astype(np.float64)
-        lse_pos = logsumexp(x @ self._wpos.astype(np.float64), axis=1)
+        zp = x @ self._wpos.astype(np.float64) if zpos is None else zpos.astype(np.float64)
+        lse_pos = logsumexp(zp, axis=1)
         zn = (x @ self._wneg.astype(np.float64)).reshape(x.shape[0], max(self.ngroup, 1), -1)
         lse_neg = logsumexp(zn, axis=2)
         # S_g = e^A / (e^A + e^B_g) = sigmoid(A - B_g)

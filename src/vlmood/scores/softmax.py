@@ -15,6 +15,8 @@ methods.md §1.1). Written as ID scores (higher = more ID):
 - ``energy`` (T=1): T * logsumexp_c(s_c / T).
 - ``entropy`` (T=1): -H(softmax(s/T)) = sum_c p_c log p_c.
 - ``variance`` (T=1): population variance over classes of softmax(s/T) (as ``np.var``).
+- ``l1``: sum_c |s_c - min_c' s_c'|, the L1 norm of the min-shifted similarities (PLP's L1 score
+  on a probe's logits; on cosines it is K x (mean - min)).
 """
 
 from __future__ import annotations
@@ -139,3 +141,12 @@ class VarianceScore(_TemperatureScore):
         z = np.asarray(cos, dtype=np.float64) / self.temperature
         p = np.exp(z - logsumexp(z, axis=1)[:, None])
         return np.var(p, axis=1)
+
+
+@register_score("l1")
+class L1Score(CosineScore):
+    """L1 norm of the min-shifted similarities: sum_c (s_c - min s) (PLP on probe logits)."""
+
+    def from_cosines(self, cos: np.ndarray) -> np.ndarray:
+        z = np.asarray(cos, dtype=np.float64)
+        return np.sum(z - z.min(axis=1, keepdims=True), axis=1)
