@@ -202,6 +202,47 @@ def build_parser() -> argparse.ArgumentParser:
     ft.add_argument("--out", required=True, help="adapter directory")
     ft.add_argument("--resume", action="store_true")
 
+    st = sub.add_parser(
+        "study",
+        help="zero-shot and each adaptation method (seeds) x every score on a benchmark: one table",
+    )
+    _add_model_args(st)
+    _add_data_args(st)
+    st.add_argument(
+        "--methods",
+        default="zero-shot,coop,cocoop,locoop,linear-probe,plp",
+        help="comma list: zero-shot and registered methods (default: %(default)s)",
+    )
+    st.add_argument("--seeds", default="0,1,2", help="comma list of seeds (default: %(default)s)")
+    st.add_argument(
+        "--shots", type=int, default=16, help="k images per class for supervised methods (default: 16)"
+    )
+    st.add_argument(
+        "--score",
+        "--scores",
+        dest="scores",
+        action="append",
+        default=[],
+        help="score(s), as for eval (default: mcm,neglabel,energy,maxlogit)",
+    )
+    st.add_argument("--templates", default=None)
+    st.add_argument(
+        "--param",
+        action="append",
+        default=[],
+        metavar="METHOD:KEY=VALUE",
+        help="a method hyperparameter, e.g. coop:n_ctx=4 (repeatable)",
+    )
+    st.add_argument(
+        "--set",
+        dest="train_set",
+        action="append",
+        default=[],
+        metavar="[METHOD:]KEY=VALUE",
+        help="a training setting for one method or all, e.g. epochs=20 or coop:batch_size=16",
+    )
+    st.add_argument("--out", required=True, help="study folder (a rerun resumes and reuses finished pieces)")
+
     sub.add_parser("models", help="list registered models and spec forms")
     sc = sub.add_parser("scores", help="list registered OOD scores and their parameters")
     sc.add_argument("pattern", nargs="?", default="*")
@@ -463,6 +504,57 @@ def cmd_fit(args: argparse.Namespace) -> int:
     return 0
 
 
+def _method_kv(items: list[str], flag: str, need_method: bool) -> dict[str, dict[str, Any]]:
+    out: dict[str, dict[str, Any]] = {}
+    for text in items:
+        head, _, kv = text.partition(":") if ":" in text.split("=", 1)[0] else ("", "", text)
+        if "=" not in kv or (need_method and not head):
+            form = "METHOD:KEY=VALUE" if need_method else "[METHOD:]KEY=VALUE"
+            raise ValueError(f"{flag} {text!r} is not {form}")
+        k, _, v = kv.partition("=")
+        out.setdefault(head.strip() or "*", {})[k.strip()] = _scalar(v.strip())
+    return out
+
+
+def cmd_study(args: argparse.Namespace) -> int:
+    from vlmood.eval.runner import EvalOptions
+    from vlmood.study import StudyConfig, format_study, run_study
+
+    specs = [s for text in (args.scores or ["mcm,neglabel,energy,maxlogit"]) for s in parse_score_arg(text)]
+    try:
+        seeds = [int(x) for x in args.seeds.split(",") if x.strip()]
+    except ValueError as e:
+        raise ValueError(f"--seeds {args.seeds!r}: a comma list of integers") from e
+    cfg = StudyConfig(
+        methods=[m.strip().lower() for m in args.methods.split(",") if m.strip()],
+        scores=specs,
+        seeds=seeds,
+        shots=args.shots,
+        params=_method_kv(args.param, "--param", need_method=True),
+        train=_method_kv(args.train_set, "--set", need_method=False),
+    )
+    from vlmood.study import _check_config
+
+    _check_config(cfg)  # fail on bad methods, scores or settings before any loading
+    sets = _build_sets(args)
+    templates, template_origin = _templates(args, sets)
+    opts = EvalOptions(
+        templates=templates,
+        templates_origin=template_origin,
+        cache_dir=args.cache_dir,
+        batch_size=args.batch_size,
+        num_workers=args.workers,
+        skip_corrupt=args.skip_corrupt,
+        fingerprint=args.fingerprint,
+        progress=not args.no_progress,
+        command=sys.argv,
+    )
+    study = run_study(lambda: _load_model(args), sets.eval_sets, cfg, args.out, opts, not args.no_progress)
+    print(format_study(study))
+    print(f"study: {Path(args.out) / 'study.json'}")
+    return 0
+
+
 def cmd_models(args: argparse.Namespace) -> int:
     from vlmood.models import list_models
 
@@ -552,6 +644,7 @@ COMMANDS = {
     "cache": cmd_cache,
     "pretrain": cmd_pretrain,
     "fit": cmd_fit,
+    "study": cmd_study,
     "report": cmd_report,
     "demo": cmd_demo,
     "models": cmd_models,

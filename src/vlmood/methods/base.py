@@ -227,6 +227,8 @@ class Method:
     Params: ClassVar[type] = object
     kinds: ClassVar[tuple[str, ...]] = ("image",)
     needs_labels: ClassVar[bool] = True
+    #: its adapter changes the base model's own weights when loaded (UEO); evaluate on a fresh copy
+    adapts_image_encoder: ClassVar[bool] = False
 
     def __init__(self, **params: Any) -> None:
         valid = [f.name for f in dataclasses.fields(self.Params)]
@@ -352,16 +354,21 @@ def save_adapter(
 ) -> Path:
     """Write ``adapter.safetensors`` then ``adapter.json`` (both atomically; the JSON last, so a
     directory with a JSON holds a complete artifact)."""
-    from safetensors.torch import save_file
+    from safetensors.torch import save
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     tensors = {k: v.detach().float().cpu().contiguous() for k, v in method.tensors().items()}
-    with atomic_path(out / ADAPTER_WEIGHTS) as tmp:
-        save_file(tensors, str(tmp), metadata={"format": ADAPTER_FORMAT, "method": method.name})
-    from vlmood.utils import sha256_file
+    # serialised in memory and written through atomic_path (normal permissions, fsync'd rename)
+    blob = save(tensors, metadata={"format": ADAPTER_FORMAT, "method": method.name})
+    with atomic_path(out / ADAPTER_WEIGHTS) as tmp, open(tmp, "wb") as f:
+        f.write(blob)
+        f.flush()
+        os.fsync(f.fileno())
+    import hashlib
 
-    weights_sha = sha256_file(out / ADAPTER_WEIGHTS)
+    weights_sha = hashlib.sha256(blob).hexdigest()
+    tensors_sha = tensors_sha256(tensors)
     info = {
         "format": ADAPTER_FORMAT,
         "method": method.name,
@@ -376,16 +383,30 @@ def save_adapter(
         "classnames_sha256": sha256_json(list(classnames)),
         "split_file": str(split_file) if split_file else None,
         "metrics": metrics or {},
-        "weights_sha256": weights_sha,
+        "weights_sha256": weights_sha,  # of the file (integrity, checked on load)
+        "tensors_sha256": tensors_sha,  # of the tensors (identity: the file's header order varies)
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "versions": _versions(),
         **(extra or {}),
     }
     info["adapter_key"] = sha256_json(
-        {"weights": weights_sha, "method": info["method"], "params": info["params"]}
+        {"tensors": tensors_sha, "method": info["method"], "params": info["params"]}
     )
     atomic_write_json(out / ADAPTER_JSON, info)
     return out
+
+
+def tensors_sha256(tensors: dict[str, torch.Tensor]) -> str:
+    """sha256 over sorted names, dtypes, shapes and raw bytes: the same tensors give the same
+    value whatever order a serialiser writes them (or their metadata) in."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for name in sorted(tensors):
+        t = tensors[name].detach().cpu().contiguous()
+        h.update(f"{name}|{t.dtype}|{tuple(t.shape)}\n".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()
 
 
 def read_adapter_info(adapter_dir: str | os.PathLike) -> dict[str, Any]:
@@ -425,6 +446,13 @@ def load_adapter(adapter_dir: str | os.PathLike, model, check_model: bool = True
             f"Load the adapter with the model it was trained on (--model {base.get('spec')})."
         )
     cls = METHODS.get(info["method"])
+    from vlmood.utils import sha256_file
+
+    if info.get("weights_sha256") and sha256_file(d / ADAPTER_WEIGHTS) != info["weights_sha256"]:
+        raise AdapterError(
+            f"{d / ADAPTER_WEIGHTS} does not match the sha256 in {ADAPTER_JSON}: the file was changed "
+            f"or is corrupt; train the adapter again"
+        )
     tensors = load_file(str(d / ADAPTER_WEIGHTS), device="cpu")
     return cls.build_adapter(model, info, tensors)
 

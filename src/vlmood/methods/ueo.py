@@ -116,6 +116,7 @@ class UEOParams:
 @register_method("ueo")
 class UEO(Method):
     Params = UEOParams
+    adapts_image_encoder = True  # its adapter rewrites the visual norms of the model it loads onto
     kinds = ("image",)
     needs_labels = False
 

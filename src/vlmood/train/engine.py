@@ -205,6 +205,8 @@ class Trainer:
             "buffers": {n: b.detach().clone() for n, b in self.module.named_buffers()},
             "optimizer": self.optimizer.state_dict(),
             "scaler": self.scaler.state_dict() if self.scaler is not None else None,
+            # epoch rows so far: a resumed run returns (and summarises) the whole run's history
+            "history": list(getattr(self, "_history", [])),
         }
         with atomic_path(self.checkpoint_path) as tmp:
             torch.save(state, tmp)
@@ -236,6 +238,7 @@ class Trainer:
         if self.scaler is not None and state.get("scaler"):
             self.scaler.load_state_dict(state["scaler"])
         self.epoch, self.step = int(state["epoch"]), int(state["step"])
+        self._history = [dict(r) for r in state.get("history", [])]
         self._truncate_log()
         log.info("resumed from %s at epoch %d (step %d)", path, self.epoch, self.step)
 
@@ -305,6 +308,10 @@ class Trainer:
         from tqdm.auto import tqdm
 
         self.out.mkdir(parents=True, exist_ok=True)
+        self._history = []
+        if D.is_main():  # temp files of writes a kill interrupted (atomic_path names them .NAME.*.tmp)
+            for stale in self.out.glob(".*.tmp"):
+                stale.unlink(missing_ok=True)
         if resume:
             self.load_checkpoint()
         elif self.checkpoint_path.exists():
@@ -317,7 +324,7 @@ class Trainer:
             atomic_write_text(
                 self.out / "config.json", json.dumps(asdict(self.cfg), indent=2, default=str) + "\n"
             )
-        history = []
+        history = self._history  # rows restored from the checkpoint on resume
         cfg = self.cfg
         while self.epoch < cfg.epochs:
             epoch = self.epoch

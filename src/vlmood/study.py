@@ -1,0 +1,369 @@
+"""The fine-tuning x OOD-score study (Ming & Li, IJCV 2023) as one command: ``vlmood study``.
+
+For one benchmark: evaluate the zero-shot model, then for each adaptation method and seed train an
+adapter on the benchmark's train split (few-shot for supervised methods; the whole split, labels
+unused, for unsupervised ones: PLP, UEO), evaluate it with every requested score through its class
+head (:mod:`vlmood.eval.heads`), and aggregate one table: per method and score, ID accuracy and
+near/far-OOD FPR95 / AUROC as mean and standard deviation over seeds.
+
+Layout of ``out_dir`` (every piece is reused when the study runs again, so a killed study
+resumes where it stopped; a piece whose settings changed is an error, not silently reused):
+
+- ``adapters/<method>/seed<s>/``: adapter artifacts (``vlmood fit``'s layout; an interrupted
+  training resumes from its checkpoint);
+- ``runs/zero-shot/`` and ``runs/<method>/seed<s>/``: ``vlmood eval`` results;
+- ``study.json`` (every number per seed plus the aggregates), ``study.md`` (the tables).
+
+A score a method's head cannot support (NegLabel and GL-MCM on a probe, GL-MCM on CoCoOp) is
+shown as ``n/a`` for that method, with the reason in ``study.json``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import math
+import os
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from vlmood.eval.runner import EvalOptions, EvalSets, ScoreSpec, build_scores, run_eval
+from vlmood.train.engine import CHECKPOINT_NAME
+from vlmood.utils import atomic_path, atomic_write_json, sha256_json
+
+log = logging.getLogger(__name__)
+
+STUDY_SCHEMA = "vlmood.study/1"
+ZERO_SHOT = "zero-shot"
+
+
+@dataclass
+class StudyConfig:
+    methods: list[str]
+    scores: list[ScoreSpec]
+    seeds: list[int] = field(default_factory=lambda: [0])
+    shots: int | None = 16
+    params: dict[str, dict[str, Any]] = field(default_factory=dict)  # method -> hyperparameters
+    train: dict[str, dict[str, Any]] = field(default_factory=dict)  # method or "*" -> TrainConfig fields
+
+
+def _check_config(cfg: StudyConfig) -> None:
+    from vlmood.methods import METHODS
+
+    if not cfg.methods:
+        raise ValueError("no methods given")
+    dup = sorted({m for m in cfg.methods if cfg.methods.count(m) > 1})
+    if dup:
+        raise ValueError(f"methods repeated: {dup}")
+    unknown = [m for m in cfg.methods if m != ZERO_SHOT and m not in METHODS]
+    if unknown:
+        raise ValueError(f"unknown method(s) {unknown}; choose from {ZERO_SHOT}, {', '.join(METHODS.list())}")
+    for m in list(cfg.params) + [k for k in cfg.train if k != "*"]:
+        if m not in cfg.methods:
+            raise ValueError(f"settings given for {m!r}, which is not among the study's methods")
+    if not cfg.seeds:
+        raise ValueError("no seeds given")
+    if cfg.shots is not None and cfg.shots < 1:
+        raise ValueError(f"shots must be >= 1, got {cfg.shots}")
+    build_scores(cfg.scores)  # unknown scores / parameters fail now
+
+
+def _train_config(method, cfg: StudyConfig, seed: int):
+    over = {**cfg.train.get("*", {}), **cfg.train.get(method.name, {})}
+    from vlmood.train.engine import TrainConfig
+
+    valid = {f.name for f in dataclasses.fields(TrainConfig)}
+    bad = sorted(set(over) - valid)
+    if bad:
+        raise ValueError(f"unknown training setting(s) {bad}; valid: {', '.join(sorted(valid))}")
+    tc = method.default_config(**over)
+    return dataclasses.replace(tc, seed=seed)
+
+
+def _supported(specs: Sequence[ScoreSpec], head_kind: str) -> tuple[list[ScoreSpec], dict[str, str]]:
+    from vlmood.eval.heads import unsupported_reason
+
+    class _K:
+        kind = head_kind
+
+    keep, skipped = [], {}
+    for spec, sc in build_scores(specs):
+        why = unsupported_reason(sc, _K())  # type: ignore[arg-type]
+        if why:
+            skipped[spec.label] = why
+        else:
+            keep.append(spec)
+    return keep, skipped
+
+
+def _results_match(path: Path, model, adapter_key: str | None, labels: list[str]) -> bool:
+    """results.json exists, for this model and adapter, with every requested score."""
+    if not path.is_file():
+        return False
+    try:
+        res = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError:
+        return False
+    same_model = {k: v for k, v in res.get("model", {}).items() if k in model.identity.to_dict()}
+    mine = model.identity.to_dict()
+    same_model.pop("spec", None)
+    mine.pop("spec", None)
+    key = (res.get("adapter") or {}).get("key")
+    return same_model == mine and key == adapter_key and set(labels) <= set(res.get("scores", {}))
+
+
+def run_study(
+    model_factory: Callable[[], Any],
+    sets: EvalSets,
+    cfg: StudyConfig,
+    out_dir: str | os.PathLike,
+    opts: EvalOptions,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Run (or resume) the study; returns the ``study.json`` dict. ``model_factory()`` returns a
+    fresh base model: methods that rewrite the image encoder when loaded (UEO) get their own."""
+    from vlmood.methods import METHODS, create_method, fit_method, load_adapter, read_adapter_info
+
+    _check_config(cfg)
+    if any(m != ZERO_SHOT for m in cfg.methods) and sets.train is None:
+        raise ValueError(
+            "the study trains adapters on the benchmark's train split, and this benchmark has none"
+        )
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    plan = {
+        "methods": cfg.methods,
+        "seeds": cfg.seeds,
+        "shots": cfg.shots,
+        "params": cfg.params,
+        "train": cfg.train,
+        "scores": [dataclasses.asdict(s) for s in cfg.scores],
+        "benchmark": sets.benchmark,
+    }
+    t0 = time.perf_counter()
+    base = model_factory()
+    runs: dict[str, dict[str, Any]] = {}
+
+    def evaluate(run_dir: Path, model, adapter, head_kind: str, info: dict | None) -> dict[str, Any]:
+        specs, skipped = _supported(cfg.scores, head_kind)
+        labels = [s.label for s in specs]
+        key = adapter.key if adapter is not None else None
+        path = run_dir / "results.json"
+        if not _results_match(path, model, key, labels):
+            o = dataclasses.replace(opts, adapter=adapter, adapter_info=info, command=opts.command)
+            run_eval(model, sets, specs, run_dir, o)
+        return {"results": str(path.relative_to(out)), "skipped_scores": skipped}
+
+    if ZERO_SHOT in cfg.methods:
+        log.info("study: zero-shot")
+        runs[ZERO_SHOT] = {"seeds": {"-": evaluate(out / "runs" / ZERO_SHOT, base, None, "text", None)}}
+
+    for name in cfg.methods:
+        if name == ZERO_SHOT:
+            continue
+        method_cls = METHODS.get(name)
+        entry: dict[str, Any] = {"seeds": {}}
+        for seed in cfg.seeds:
+            method = create_method(name, **cfg.params.get(name, {}))
+            tc = _train_config(method, cfg, seed)
+            ad_dir = out / "adapters" / name / f"seed{seed}"
+            shots = cfg.shots if method.needs_labels else None
+            # what decides the adapter: method, its hyperparameters, training settings, data draw
+            tc_d = {k: v for k, v in dataclasses.asdict(tc).items() if k != "warmup_steps"}
+            want = {
+                "method": method.name,
+                "params": dataclasses.asdict(method.params),
+                "train": tc_d,
+                "shots": shots,
+            }
+            if (ad_dir / "adapter.json").is_file():
+                info = read_adapter_info(ad_dir)
+                have = {
+                    "method": info.get("method"),
+                    "params": {k: info.get("params", {}).get(k) for k in want["params"]},
+                    "train": {k: (info.get("train") or {}).get(k) for k in tc_d},
+                    "shots": (info.get("data") or {}).get("shots"),
+                }
+                want = json.loads(json.dumps(want))  # tuples as lists, as stored
+                if have != want:
+                    diff = {}
+                    for k in want:
+                        h, w = have[k], want[k]
+                        if isinstance(h, dict) and isinstance(w, dict):
+                            diff.update({f"{k}.{s}": (h.get(s), w.get(s)) for s in w if h.get(s) != w.get(s)})
+                        elif h != w:
+                            diff[k] = (h, w)
+                    raise ValueError(
+                        f"{ad_dir} holds an adapter trained with other settings than this study asks for "
+                        f"(have, want: {diff}); use another --out or delete that folder"
+                    )
+            else:
+                log.info("study: fit %s seed %d", name, seed)
+                resume = (ad_dir / "train" / CHECKPOINT_NAME).is_file()  # a killed training continues
+                fit_method(
+                    name,
+                    base,
+                    sets.train,
+                    ad_dir,
+                    cfg=tc,
+                    params=cfg.params.get(name, {}),
+                    shots=shots,
+                    seed=seed,
+                    classnames=sets.classnames,
+                    cache_root=opts.cache_dir,
+                    progress=progress,
+                    resume=resume,
+                )
+                info = read_adapter_info(ad_dir)
+            # an adapter that rewrites the image encoder gets a fresh model (the base stays clean)
+            model = model_factory() if getattr(method_cls, "adapts_image_encoder", False) else base
+            adapter = load_adapter(ad_dir, model)
+            if adapter.adapts_image_encoder and model is base:
+                raise RuntimeError(f"{name}: adapter rewrote the shared base model")
+            head_kind = {"prompt": "text"}.get(adapter.kind, adapter.kind)
+            ad_info = {
+                "path": str(ad_dir),
+                "method": name,
+                "kind": adapter.kind,
+                "params": info.get("params"),
+                "key": adapter.key,
+                "train": info.get("train"),
+                "data": info.get("data"),
+                "metrics": info.get("metrics"),
+            }
+            rec = evaluate(out / "runs" / name / f"seed{seed}", model, adapter, head_kind, ad_info)
+            rec["adapter"] = str(ad_dir.relative_to(out))
+            rec["train_s"] = (info.get("metrics") or {}).get("train_s")
+            entry["seeds"][str(seed)] = rec
+        runs[name] = entry
+
+    study = {
+        "schema": STUDY_SCHEMA,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "command": opts.command,
+        "plan": plan,
+        "plan_sha256": sha256_json(plan),
+        "model": base.identity.to_dict(),
+        "runs": runs,
+        "table": aggregate(out, runs, [s.label for s in cfg.scores]),
+        "wall_s": time.perf_counter() - t0,
+    }
+    atomic_write_json(out / "study.json", study)
+    with atomic_path(out / "study.md") as tmp:
+        Path(tmp).write_text(format_study(study), encoding="utf-8")
+    return study
+
+
+# ---------------------------------------------------------------------------------------------- aggregation
+def _mean_std(xs: list[float]) -> dict[str, float] | None:
+    xs = [x for x in xs if x is not None and not (isinstance(x, float) and math.isnan(x))]
+    if not xs:
+        return None
+    a = np.asarray(xs, dtype=np.float64)
+    return {"mean": float(a.mean()), "std": float(a.std(ddof=1)) if len(a) > 1 else 0.0, "n": len(a)}
+
+
+def aggregate(out: Path, runs: dict[str, Any], score_labels: list[str]) -> dict[str, Any]:
+    """Per method: accuracies and, per score, OOD metric means/stds over seeds."""
+    table: dict[str, Any] = {}
+    for method, entry in runs.items():
+        results = []
+        for rec in entry["seeds"].values():
+            results.append(json.loads((out / rec["results"]).read_text(encoding="utf-8")))
+        row: dict[str, Any] = {"id_accuracy": _mean_std([r.get("id_accuracy") for r in results])}
+        for kind in ("domain_shift", "held_out"):
+            names = list(results[0].get(kind, {}))
+            if names:
+                row[kind] = {n: _mean_std([r[kind][n].get("accuracy") for r in results]) for n in names}
+        scores: dict[str, Any] = {}
+        skipped = next(iter(entry["seeds"].values()))["skipped_scores"]
+        for label in score_labels:
+            if label in skipped:
+                scores[label] = {"n/a": skipped[label]}
+                continue
+            groups = [g for g in ("near_mean", "far_mean") if g in results[0]["scores"][label]] or ["mean"]
+            cell = {}
+            for g in groups:
+                for metric in ("fpr95", "auroc"):
+                    cell[f"{g.replace('_mean', '')}_{metric}"] = _mean_std(
+                        [r["scores"][label][g][metric] for r in results]
+                    )
+            scores[label] = cell
+        row["scores"] = scores
+        table[method] = row
+    return table
+
+
+def _fmt(ms: dict[str, float] | None, pct: bool = True) -> str:
+    if ms is None:
+        return "n/a"
+    f = 100.0 if pct else 1.0
+    if ms["n"] > 1:
+        return f"{f * ms['mean']:.1f} ± {f * ms['std']:.1f}"
+    return f"{f * ms['mean']:.1f}"
+
+
+def format_study(study: dict[str, Any]) -> str:
+    """Markdown: the methods x scores table (ID accuracy, near/far FPR95 and AUROC in %, mean ± std
+    over seeds), then the accuracy table (ID, domain-shift and held-out sets)."""
+    table = study["table"]
+    plan = study["plan"]
+    lines = [
+        f"# Study: {plan.get('benchmark') or 'custom sets'}",
+        "",
+        f"model `{study['model'].get('spec')}`; seeds {plan['seeds']}; shots {plan['shots']} "
+        "(supervised methods; PLP and UEO use the whole train split without labels); "
+        "values in %, mean ± std over seeds.",
+        "",
+    ]
+    cols: list[str] = []
+    for row in table.values():
+        for cell in row["scores"].values():
+            for k in cell:
+                if k != "n/a" and k not in cols:
+                    cols.append(k)
+    names = {
+        "near_fpr95": "near FPR95↓",
+        "near_auroc": "near AUROC↑",
+        "far_fpr95": "far FPR95↓",
+        "far_auroc": "far AUROC↑",
+        "mean_fpr95": "FPR95↓",
+        "mean_auroc": "AUROC↑",
+    }
+    lines.append("| method | score | ID acc | " + " | ".join(names.get(c, c) for c in cols) + " |")
+    lines.append("|---|---|---|" + "---|" * len(cols))
+    for method, row in table.items():
+        for label, cell in row["scores"].items():
+            vals = ["n/a"] * len(cols) if "n/a" in cell else [_fmt(cell.get(c)) for c in cols]
+            lines.append(f"| {method} | {label} | {_fmt(row['id_accuracy'])} | " + " | ".join(vals) + " |")
+    acc_cols: list[tuple[str, str]] = []
+    for row in table.values():
+        for kind in ("domain_shift", "held_out"):
+            for n in row.get(kind, {}):
+                if (kind, n) not in acc_cols:
+                    acc_cols.append((kind, n))
+    if acc_cols:
+        lines += ["", "Accuracy (%):", ""]
+        lines.append(
+            "| method | ID | " + " | ".join(f"{n} ({k.replace('_', ' ')})" for k, n in acc_cols) + " |"
+        )
+        lines.append("|---|---|" + "---|" * len(acc_cols))
+        for method, row in table.items():
+            vals = [_fmt(row.get(k, {}).get(n)) for k, n in acc_cols]
+            lines.append(f"| {method} | {_fmt(row['id_accuracy'])} | " + " | ".join(vals) + " |")
+    skipped = {
+        (m, lbl): cell["n/a"]
+        for m, row in table.items()
+        for lbl, cell in row["scores"].items()
+        if "n/a" in cell
+    }
+    if skipped:
+        lines += ["", "n/a:"]
+        lines += [f"- {m} / {lbl}: {why}" for (m, lbl), why in skipped.items()]
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,125 @@
+"""`vlmood study`: zero-shot and adaptation methods x scores in one table, resumable, strict about
+changed settings. Tiny random model on the sklearn-digits example benchmark."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from vlmood.cli import main
+from vlmood.data.example import write_example
+
+
+@pytest.fixture(scope="module")
+def example(tmp_path_factory):
+    torch.set_num_threads(1)
+    return write_example(tmp_path_factory.mktemp("ex") / "data", per_class=4, size=32)
+
+
+def _study(example, out, *extra):
+    return main(
+        [
+            "study",
+            "--model",
+            "tiny-test",
+            "--benchmark",
+            str(example),
+            "--methods",
+            "zero-shot,coop,plp",
+            "--seeds",
+            "0,1",
+            "--shots",
+            "2",
+            "--set",
+            "epochs=2",
+            "--set",
+            "batch_size=4",
+            "--param",
+            "coop:n_ctx=2",
+            "--scores",
+            "mcm,energy,l1",
+            "--score",
+            "neglabel:ngroup=2,max_negatives=100",
+            "--out",
+            str(out),
+            "--workers",
+            "0",
+            "--no-progress",
+            *extra,
+        ]
+    )
+
+
+def test_study_table_resume_and_changed_settings(example, tmp_path, capsys, monkeypatch):
+    from safetensors.torch import load_file
+
+    monkeypatch.setenv("VLMOOD_CACHE", str(tmp_path / "cache"))
+    out = tmp_path / "study"
+    assert _study(example, out) == 0
+    text = capsys.readouterr().out
+    assert "| zero-shot | mcm |" in text and "| coop | energy |" in text and "| plp | l1 |" in text
+    study = json.loads((out / "study.json").read_text())
+    table = study["table"]
+    assert set(table) == {"zero-shot", "coop", "plp"}
+    # per seed: one adapter and one evaluation; aggregates are mean and sample std over them
+    accs = []
+    for seed in ("0", "1"):
+        res = json.loads((out / study["runs"]["coop"]["seeds"][seed]["results"]).read_text())
+        assert res["adapter"]["method"] == "coop" and res["adapter"]["train"]["seed"] == int(seed)
+        accs.append(res["id_accuracy"])
+    assert table["coop"]["id_accuracy"]["mean"] == pytest.approx(np.mean(accs))
+    assert table["coop"]["id_accuracy"]["std"] == pytest.approx(np.std(accs, ddof=1))
+    assert table["coop"]["scores"]["energy"]["near_auroc"]["n"] == 2
+    # a probe has no NegLabel: n/a with the reason; PLP trains on the whole split (no shots)
+    assert "a probe gives logits" in table["plp"]["scores"]["neglabel(max_negatives=100,ngroup=2)"]["n/a"]
+    plp_info = json.loads((out / "adapters" / "plp" / "seed0" / "adapter.json").read_text())
+    assert plp_info["data"]["shots"] is None and plp_info["split_file"] is None
+    assert (out / "adapters" / "coop" / "seed1" / "split.json").is_file()
+    assert "n/a" in (out / "study.md").read_text()
+
+    # a rerun reuses every piece (nothing retrained or re-evaluated)
+    stamps = {
+        p: p.stat().st_mtime_ns for p in out.rglob("*.json") if p.name in ("adapter.json", "results.json")
+    }
+    assert _study(example, out) == 0
+    capsys.readouterr()
+    assert all(p.stat().st_mtime_ns == t for p, t in stamps.items())
+
+    # an interrupted training (checkpoint, no adapter yet) resumes to the same adapter
+    ad = out / "adapters" / "coop" / "seed1"
+    want = load_file(str(ad / "adapter.safetensors"))
+    (ad / "adapter.json").unlink()
+    (ad / "adapter.safetensors").unlink()
+    assert _study(example, out) == 0
+    capsys.readouterr()
+    got = load_file(str(ad / "adapter.safetensors"))
+    assert all(torch.equal(got[k], want[k]) for k in want)
+
+    # changed settings are refused, naming what differs
+    assert _study(example, out, "--set", "coop:epochs=3") == 2
+    err = capsys.readouterr().err
+    assert "other settings" in err and "train.epochs" in err
+
+
+def test_study_bad_input(example, tmp_path, capsys):
+    def run(*args):
+        rc = main(
+            ["study", "--model", "tiny-test", "--benchmark", str(example), "--out", str(tmp_path), *args]
+        )
+        return rc, capsys.readouterr().err
+
+    rc, err = run("--methods", "zero-shot,nope")
+    assert rc == 2 and "unknown method(s) ['nope']" in err
+    rc, err = run("--methods", "coop", "--param", "plp:feature=image")
+    assert rc == 2 and "not among the study's methods" in err
+    rc, err = run("--methods", "coop", "--param", "n_ctx=2")
+    assert rc == 2 and "METHOD:KEY=VALUE" in err
+    rc, err = run("--methods", "coop", "--set", "epoch=2")
+    assert rc == 2 and "unknown training setting(s) ['epoch']" in err
+    rc, err = run("--methods", "coop", "--seeds", "a,b")
+    assert rc == 2 and "comma list of integers" in err
+    rc, err = run("--methods", "coop", "--shots", "50", "--set", "epochs=1")
+    assert rc == 2 and "shot" in err
