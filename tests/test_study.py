@@ -70,6 +70,10 @@ def test_study_table_resume_and_changed_settings(example, tmp_path, capsys, monk
         res = json.loads((out / study["runs"]["coop"]["seeds"][seed]["results"]).read_text())
         assert res["adapter"]["method"] == "coop" and res["adapter"]["train"]["seed"] == int(seed)
         accs.append(res["id_accuracy"])
+        # NegLabel: the zero-shot run's mined negatives, the adapter's class features as ID side
+        neg = res["scores"]["neglabel(max_negatives=100,ngroup=2)"]
+        assert "runs/zero-shot/artifacts/neglabel_" in neg["params"]["labels_file"]
+        assert neg["artifacts"]["neglabel_id_encoding"] == "ctx.text_features"
     assert table["coop"]["id_accuracy"]["mean"] == pytest.approx(np.mean(accs))
     assert table["coop"]["id_accuracy"]["std"] == pytest.approx(np.std(accs, ddof=1))
     assert table["coop"]["scores"]["energy"]["near_auroc"]["n"] == 2

@@ -14,6 +14,9 @@ resumes where it stopped; a piece whose settings changed is an error, not silent
 - ``runs/zero-shot/`` and ``runs/<method>/seed<s>/``: ``vlmood eval`` results;
 - ``study.json`` (every number per seed plus the aggregates), ``study.md`` (the tables).
 
+NegLabel negatives are mined once, by the zero-shot run (when it is part of the study), and reused by
+every method; the ID side is each method's own class features (or per-image cosines).
+
 A score a method's head cannot support (NegLabel and GL-MCM on a probe, GL-MCM on CoCoOp) is
 shown as ``n/a`` for that method, with the reason in ``study.json``.
 """
@@ -135,7 +138,7 @@ def run_study(
         raise ValueError(
             "the study trains adapters on the benchmark's train split, and this benchmark has none"
         )
-    out = Path(out_dir)
+    out = Path(out_dir).absolute()
     out.mkdir(parents=True, exist_ok=True)
     plan = {
         "methods": cfg.methods,
@@ -150,8 +153,12 @@ def run_study(
     base = model_factory()
     runs: dict[str, dict[str, Any]] = {}
 
-    def evaluate(run_dir: Path, model, adapter, head_kind: str, info: dict | None) -> dict[str, Any]:
-        specs, skipped = _supported(cfg.scores, head_kind)
+    method_scores = list(cfg.scores)
+
+    def evaluate(
+        run_dir: Path, model, adapter, head_kind: str, info: dict | None, wanted: list[ScoreSpec]
+    ) -> dict[str, Any]:
+        specs, skipped = _supported(wanted, head_kind)
         labels = [s.label for s in specs]
         key = adapter.key if adapter is not None else None
         path = run_dir / "results.json"
@@ -162,7 +169,9 @@ def run_study(
 
     if ZERO_SHOT in cfg.methods:
         log.info("study: zero-shot")
-        runs[ZERO_SHOT] = {"seeds": {"-": evaluate(out / "runs" / ZERO_SHOT, base, None, "text", None)}}
+        rec = evaluate(out / "runs" / ZERO_SHOT, base, None, "text", None, cfg.scores)
+        runs[ZERO_SHOT] = {"seeds": {"-": rec}}
+        method_scores = _reuse_negatives(cfg.scores, out / rec["results"])
 
     for name in cfg.methods:
         if name == ZERO_SHOT:
@@ -237,7 +246,9 @@ def run_study(
                 "data": info.get("data"),
                 "metrics": info.get("metrics"),
             }
-            rec = evaluate(out / "runs" / name / f"seed{seed}", model, adapter, head_kind, ad_info)
+            rec = evaluate(
+                out / "runs" / name / f"seed{seed}", model, adapter, head_kind, ad_info, method_scores
+            )
             rec["adapter"] = str(ad_dir.relative_to(out))
             rec["train_s"] = (info.get("metrics") or {}).get("train_s")
             entry["seeds"][str(seed)] = rec
@@ -258,6 +269,24 @@ def run_study(
     with atomic_path(out / "study.md") as tmp:
         Path(tmp).write_text(format_study(study), encoding="utf-8")
     return study
+
+
+def _reuse_negatives(specs: list[ScoreSpec], zero_shot_results: Path) -> list[ScoreSpec]:
+    """NegLabel specs that mine their own negatives get the zero-shot run's mined labels file, so
+    every method is scored against the same negatives (each with its own ID side); the label
+    shown stays the requested one."""
+    res = json.loads(zero_shot_results.read_text(encoding="utf-8"))
+    out = []
+    for spec in specs:
+        mined = (res.get("scores", {}).get(spec.label, {}).get("artifacts") or {}).get("neglabel_labels_file")
+        if spec.name == "neglabel" and "labels_file" not in spec.params and mined:
+            path = Path(mined)
+            if not path.is_absolute():
+                path = zero_shot_results.parent / "artifacts" / path.name
+            out.append(ScoreSpec(spec.name, {**spec.params, "labels_file": str(path)}, display=spec.label))
+        else:
+            out.append(spec)
+    return out
 
 
 # ---------------------------------------------------------------------------------------------- aggregation

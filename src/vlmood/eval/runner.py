@@ -343,13 +343,14 @@ def run_eval(
         t = time.perf_counter()
         ctx = ScoreContext(
             text_features=text,
-            # a prompt adapter's class features are the ID side (NegLabel would re-encode the names)
-            classnames=None if (adapter is not None and head_kind == "text") else list(sets.classnames),
+            classnames=list(sets.classnames),
             encode_text=encode_fn,
             train_features=train_fs.get("image") if (train_fs is not None and sc.needs_train) else None,
             train_labels=train_fs.valid_labels() if (train_fs is not None and sc.needs_train) else None,
             logit_scale=head.logit_scale,
             cache_dir=str(out / "artifacts"),
+            # a prompt adapter's class features are the ID side (NegLabel would re-encode the names)
+            extra={"id_features_given": adapter is not None and head_kind == "text"},
         )
         sc.fit(ctx)
         fit_s = time.perf_counter() - t

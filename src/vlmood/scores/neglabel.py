@@ -15,7 +15,9 @@ Mining (``fit``):
 
 ID side: NegLabel encodes the ID labels with ``"the nice {}"``. When ``ctx.classnames`` and
 ``ctx.encode_text`` are both given, the ID labels are re-encoded with ``id_template``;
-otherwise (or with ``id_template=None``) ``ctx.text_features`` is used as given.
+otherwise (or with ``id_template=None``, or ``ctx.extra["id_features_given"]``: the class
+features of a prompt-learning adapter) ``ctx.text_features`` is used as given. Class names, when
+given, identify the ID classes (the labels-file check) and are banned from the negatives.
 
 Score (temperature T=0.01 on cosines, i.e. CLIP's x100): with pos = cos to the K ID labels and
 neg = cos to the negatives, ``S = sum_{c<=K} softmax([pos, neg] / T)_c``, computed as
@@ -253,7 +255,13 @@ class NegLabelScore(Score):
         if classnames is not None and len(classnames) != text.shape[0]:
             raise ValueError(f"{len(classnames)} class names but {text.shape[0]} text features")
         dim = text.shape[1]
-        if self.id_template is not None and classnames is not None and ctx.encode_text is not None:
+        given = bool(ctx.extra.get("id_features_given"))  # e.g. a prompt adapter's class features
+        if (
+            not given
+            and self.id_template is not None
+            and classnames is not None
+            and ctx.encode_text is not None
+        ):
             prompts = [self.id_template.format(c) for c in classnames]
             pos = encode_texts(ctx.encode_text, prompts, self.encode_batch_size, dim)
             self.id_encoding = f"encode_text(id_template={self.id_template!r})"
