@@ -62,6 +62,20 @@ def test_training_lowers_loss_and_logs(tmp_path):
     assert (tmp_path / "run" / "last.pt").exists() and (tmp_path / "run" / "config.json").exists()
 
 
+def test_tensorboard_events_mirror_the_jsonl_log(tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    t = Trainer(Net(), _data(), mse, _cfg(tensorboard=True), tmp_path / "run", progress=False)
+    hist = t.fit()
+    acc = EventAccumulator(str(tmp_path / "run" / "tensorboard"))
+    acc.Reload()
+    losses = [e.value for e in acc.Scalars("epoch/loss")]
+    assert losses == pytest.approx([h["loss"] for h in hist])
+    assert "step/lr" in acc.Tags()["scalars"]
+    # a logging option, not part of what the run computes: resuming with it switched off is fine
+    assert _cfg(tensorboard=True).identity() == _cfg().identity()
+
+
 def test_resume_after_kill_reproduces_uninterrupted_run(tmp_path):
     full = Trainer(Net(), _data(), mse, _cfg(), tmp_path / "full", progress=False)
     full.fit()

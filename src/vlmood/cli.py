@@ -201,6 +201,9 @@ def build_parser() -> argparse.ArgumentParser:
     ft.add_argument("--param", action="append", default=[], metavar="KEY=VALUE", help="method parameter")
     ft.add_argument("--out", required=True, help="adapter directory")
     ft.add_argument("--resume", action="store_true")
+    ft.add_argument(
+        "--tensorboard", action="store_true", help="also log TensorBoard events to OUT/train/tensorboard"
+    )
 
     st = sub.add_parser(
         "study",
@@ -479,6 +482,7 @@ def cmd_fit(args: argparse.Namespace) -> int:
     cfg = method.default_config(**{k: v for k, v in given.items() if v is not None})
     if args.seed is not None:
         cfg.seed = args.seed
+    cfg.tensorboard = bool(args.tensorboard)
     es = _build_sets(args).eval_sets if (args.benchmark or args.id_data) else None
     if es is None:
         raise ValueError(

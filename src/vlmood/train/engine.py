@@ -64,11 +64,12 @@ class TrainConfig:
     log_every: int = 10
     drop_last: bool = True
     extra: dict[str, Any] = field(default_factory=dict)  # method settings, checked on resume too
+    tensorboard: bool = False  # also write the logged scalars as TensorBoard events (out/tensorboard)
 
     def identity(self) -> str:
         d = asdict(self)
-        d.pop("num_workers")
-        d.pop("log_every")
+        for k in ("num_workers", "log_every", "tensorboard"):  # how it runs / logs, not what it computes
+            d.pop(k)
         return sha256_json(d)
 
 
@@ -167,6 +168,7 @@ class Trainer:
                 self.wrapped, device_ids=[self.device.index] if self.device.type == "cuda" else None
             )
         self.scaler = torch.amp.GradScaler("cuda") if cfg.precision == "fp16" else None
+        self._tb = None
         self.epoch = 0  # epochs completed
         self.step = 0  # optimiser steps taken
         n = len(dataset) // D.world_size()
@@ -252,6 +254,20 @@ class Trainer:
             return
         with open(self.log_path, "a", encoding="utf-8") as f:
             f.write(json.dumps(row) + "\n")
+        if self._tb is not None:
+            for k, v in row.items():
+                if k not in ("kind", "epoch", "step") and isinstance(v, int | float):
+                    self._tb.add_scalar(f"{row.get('kind', 'log')}/{k}", v, row.get("step", 0))
+            self._tb.flush()
+
+    def _open_tensorboard(self):
+        if not (self.cfg.tensorboard and D.is_main()):
+            return None
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+        except ImportError as e:
+            raise ValueError("tensorboard=True needs the tensorboard package: pip install tensorboard") from e
+        return SummaryWriter(log_dir=str(self.out / "tensorboard"))
 
     def _truncate_log(self) -> None:
         """Drop log rows written after the checkpoint we resume from (they will be redone)."""
@@ -305,8 +321,6 @@ class Trainer:
 
     def fit(self, resume: bool = False) -> list[dict[str, Any]]:
         """Train to ``cfg.epochs``; with ``resume`` continue from ``last.pt``. Returns epoch logs."""
-        from tqdm.auto import tqdm
-
         self.out.mkdir(parents=True, exist_ok=True)
         self._history = []
         if D.is_main():  # temp files of writes a kill interrupted (atomic_path names them .NAME.*.tmp)
@@ -324,6 +338,17 @@ class Trainer:
             atomic_write_text(
                 self.out / "config.json", json.dumps(asdict(self.cfg), indent=2, default=str) + "\n"
             )
+        self._tb = self._open_tensorboard()
+        try:
+            return self._fit_loop()
+        finally:
+            if self._tb is not None:
+                self._tb.close()
+                self._tb = None
+
+    def _fit_loop(self) -> list[dict[str, Any]]:
+        from tqdm.auto import tqdm
+
         history = self._history  # rows restored from the checkpoint on resume
         cfg = self.cfg
         while self.epoch < cfg.epochs:
