@@ -91,7 +91,12 @@ def _fs(model, source, cache, kinds=("image",)):
 def test_conditional_head_scores_equal_hand_computation(model, bench, adapters, tmp_path):
     es, templates, cache = bench
     ad = load_adapter(adapters["cocoop"], model)
-    specs = [ScoreSpec("mcm"), ScoreSpec("msp"), ScoreSpec("energy"), ScoreSpec("knn")]
+    voc = tmp_path / "voc"
+    voc.mkdir()
+    (voc / "nouns.txt").write_text("\n".join(f"thing{i}" for i in range(200)))
+    (voc / "adjectives.txt").write_text("\n".join(f"odd{i}" for i in range(40)))
+    neg = ScoreSpec("neglabel", {"ngroup": 2, "vocabulary": str(voc)}, display="neglabel")
+    specs = [ScoreSpec("mcm"), ScoreSpec("msp"), ScoreSpec("energy"), ScoreSpec("knn"), neg]
     res = run_eval(model, es, specs, tmp_path / "r", _opts(templates, cache, ad))
     assert res["head"]["kind"] == "conditional"
     id_img = _fs(model, es.id, cache).get("image")
@@ -105,6 +110,17 @@ def test_conditional_head_scores_equal_hand_computation(model, bench, adapters, 
     np.testing.assert_allclose(msp, 1.0 / e.sum(1), rtol=1e-4)
     labels = _fs(model, es.id, cache).valid_labels()
     assert res["id_accuracy"] == pytest.approx(float((sims.argmax(1) == labels).mean()))
+    # NegLabel: the per-image cosines are its positive side, the mined negatives score the image
+    sc = NegLabelScore(ngroup=2, labels_file=res["scores"]["neglabel"]["artifacts"]["neglabel_labels_file"])
+    sc.fit(
+        ScoreContext(
+            text_features=class_text_features(model, es.classnames, templates, cache),
+            classnames=list(es.classnames),
+            encode_text=lambda t: model.encode_text(t).numpy(),
+        )
+    )
+    raw_neg = np.load(tmp_path / "r" / res["scores"]["neglabel"]["raw_scores"])["id"]
+    np.testing.assert_allclose(raw_neg, sc.score_with_positive(id_img, sims), rtol=1e-5)
     # held-out classes: the meta-net and shared context applied to the new names
     assert res["held_out"]["renamed"]["classifier"] == "adapter on new class names"
     assert res["domain_shift"]["train-as-shift"]["classifier"] == "adapter"

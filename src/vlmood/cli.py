@@ -503,9 +503,19 @@ def cmd_fit(args: argparse.Namespace) -> int:
         cache_root=args.cache_dir,
         progress=not args.no_progress,
         resume=args.resume,
+        extract_options=_extract_options(args),
     )
     print(f"adapter: {out}\nevaluate: vlmood eval --model {args.model} --adapter {out} ...")
     return 0
+
+
+def _extract_options(args: argparse.Namespace) -> dict[str, Any]:
+    return {
+        "batch_size": args.batch_size,
+        "num_workers": args.workers,
+        "skip_corrupt": args.skip_corrupt,
+        "fingerprint": args.fingerprint,
+    }
 
 
 def _method_kv(items: list[str], flag: str, need_method: bool) -> dict[str, dict[str, Any]]:

@@ -75,6 +75,11 @@ def _check_config(cfg: StudyConfig) -> None:
     if cfg.shots is not None and cfg.shots < 1:
         raise ValueError(f"shots must be >= 1, got {cfg.shots}")
     build_scores(cfg.scores)  # unknown scores / parameters fail now
+    from vlmood.methods import create_method
+
+    for m in cfg.methods:  # bad hyperparameters or training settings fail before any work
+        if m != ZERO_SHOT:
+            _train_config(create_method(m, **cfg.params.get(m, {})), cfg, cfg.seeds[0])
 
 
 def _train_config(method, cfg: StudyConfig, seed: int):
@@ -105,13 +110,73 @@ def _supported(specs: Sequence[ScoreSpec], head_kind: str) -> tuple[list[ScoreSp
     return keep, skipped
 
 
-def _results_match(path: Path, model, adapter_key: str | None, labels: list[str]) -> bool:
-    """results.json exists, for this model and adapter, with every requested score."""
+#: training settings that do not change what is computed (TrainConfig.identity leaves them out)
+_RUN_ONLY = ("num_workers", "log_every", "tensorboard")
+
+
+def _train_fields(tc, requested: dict[str, Any]) -> dict[str, Any]:
+    """The settings an adapter is compared on: what ``TrainConfig.identity`` covers; the derived
+    ``warmup_steps`` only when it was asked for explicitly."""
+    d = {k: v for k, v in dataclasses.asdict(tc).items() if k not in _RUN_ONLY}
+    if "warmup_steps" not in requested:
+        d.pop("warmup_steps")
+    return json.loads(json.dumps(d))  # tuples as lists, as stored
+
+
+def _stored_train(info: dict[str, Any], keys) -> dict[str, Any]:
+    from vlmood.train.engine import TrainConfig
+
+    defaults = json.loads(json.dumps(dataclasses.asdict(TrainConfig())))
+    stored = info.get("train") or {}
+    return {k: stored.get(k, defaults.get(k)) for k in keys}
+
+
+def _expected_data(sets: EvalSets, templates: list[str], fingerprint: str) -> dict[str, Any]:
+    """What an evaluation's results must have been computed on: class names, templates and the
+    fingerprint of every dataset."""
+    from vlmood.utils import sha256_text
+
+    fps = {"id": sets.id.fingerprint(fingerprint)}
+    for o in sets.ood:
+        fps[f"ood/{o.name}"] = o.source.fingerprint(fingerprint)
+    for kind, group in (("domain_shift", sets.domain_shift), ("held_out", sets.held_out)):
+        for ls in group:
+            fps[f"{kind}/{ls.name}"] = ls.source.fingerprint(fingerprint)
+    return {
+        "classnames": sha256_text("\n".join(sets.classnames)),
+        "templates": sha256_text("\n".join(templates)),
+        "datasets": fps,
+    }
+
+
+def _result_data(res: dict[str, Any]) -> dict[str, Any]:
+    ds = res.get("datasets", {})
+    fps = {"id": (ds.get("id", {}).get("cache") or {}).get("fingerprint")}
+    for name, rec in ds.get("ood", {}).items():
+        fps[f"ood/{name}"] = (rec.get("cache") or {}).get("fingerprint")
+    for kind in ("domain_shift", "held_out"):
+        for name, rec in res.get(kind, {}).items():
+            fps[f"{kind}/{name}"] = ((rec.get("dataset") or {}).get("cache") or {}).get("fingerprint")
+    return {
+        "classnames": (res.get("classnames") or {}).get("sha256"),
+        "templates": (res.get("templates") or {}).get("sha256"),
+        "datasets": fps,
+    }
+
+
+def _results_match(
+    path: Path, model, adapter_key: str | None, labels: list[str], expected: dict[str, Any]
+) -> bool:
+    """results.json exists, for this model, adapter, data, class names and templates, with every
+    requested score."""
     if not path.is_file():
         return False
     try:
         res = json.loads(path.read_text(encoding="utf-8"))
     except json.JSONDecodeError:
+        return False
+    if _result_data(res) != expected:
+        log.info("study: %s was computed on other data, class names or templates; evaluating again", path)
         return False
     same_model = {k: v for k, v in res.get("model", {}).items() if k in model.identity.to_dict()}
     mine = model.identity.to_dict()
@@ -131,9 +196,21 @@ def run_study(
 ) -> dict[str, Any]:
     """Run (or resume) the study; returns the ``study.json`` dict. ``model_factory()`` returns a
     fresh base model: methods that rewrite the image encoder when loaded (UEO) get their own."""
-    from vlmood.methods import METHODS, create_method, fit_method, load_adapter, read_adapter_info
+    from vlmood.methods import (
+        METHODS,
+        AdapterMismatchError,
+        create_method,
+        fit_method,
+        load_adapter,
+        read_adapter_info,
+    )
 
     _check_config(cfg)
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        raise RuntimeError(
+            "vlmood study runs in one process (it trains and evaluates many pieces into one folder); "
+            "run it without torchrun, or run `vlmood fit` / `vlmood eval` under torchrun instead"
+        )
     if any(m != ZERO_SHOT for m in cfg.methods) and sets.train is None:
         raise ValueError(
             "the study trains adapters on the benchmark's train split, and this benchmark has none"
@@ -150,6 +227,14 @@ def run_study(
         "benchmark": sets.benchmark,
     }
     t0 = time.perf_counter()
+    expected = _expected_data(sets, opts.templates, opts.fingerprint)
+    train_fp = sets.train.fingerprint(opts.fingerprint) if sets.train is not None else None
+    extract_options = {
+        "batch_size": opts.batch_size,
+        "num_workers": opts.num_workers,
+        "skip_corrupt": opts.skip_corrupt,
+        "fingerprint": opts.fingerprint,
+    }
     base = model_factory()
     runs: dict[str, dict[str, Any]] = {}
 
@@ -162,7 +247,7 @@ def run_study(
         labels = [s.label for s in specs]
         key = adapter.key if adapter is not None else None
         path = run_dir / "results.json"
-        if not _results_match(path, model, key, labels):
+        if not _results_match(path, model, key, labels, expected):
             o = dataclasses.replace(opts, adapter=adapter, adapter_info=info, command=opts.command)
             run_eval(model, sets, specs, run_dir, o)
         return {"results": str(path.relative_to(out)), "skipped_scores": skipped}
@@ -184,22 +269,26 @@ def run_study(
             ad_dir = out / "adapters" / name / f"seed{seed}"
             shots = cfg.shots if method.needs_labels else None
             # what decides the adapter: method, its hyperparameters, training settings, data draw
-            tc_d = {k: v for k, v in dataclasses.asdict(tc).items() if k != "warmup_steps"}
+            requested = {**cfg.train.get("*", {}), **cfg.train.get(name, {})}
+            tc_d = _train_fields(tc, requested)
             want = {
                 "method": method.name,
-                "params": dataclasses.asdict(method.params),
+                "params": json.loads(json.dumps(dataclasses.asdict(method.params))),
                 "train": tc_d,
                 "shots": shots,
+                "data": train_fp,
             }
             if (ad_dir / "adapter.json").is_file():
                 info = read_adapter_info(ad_dir)
+                data_meta = info.get("data") or {}
                 have = {
                     "method": info.get("method"),
                     "params": {k: info.get("params", {}).get(k) for k in want["params"]},
-                    "train": {k: (info.get("train") or {}).get(k) for k in tc_d},
-                    "shots": (info.get("data") or {}).get("shots"),
+                    "train": _stored_train(info, tc_d),
+                    "shots": data_meta.get("shots"),
+                    # adapters written before the fingerprint was recorded are taken as they are
+                    "data": data_meta.get("source_fingerprint", train_fp),
                 }
-                want = json.loads(json.dumps(want))  # tuples as lists, as stored
                 if have != want:
                     diff = {}
                     for k in want:
@@ -228,11 +317,17 @@ def run_study(
                     cache_root=opts.cache_dir,
                     progress=progress,
                     resume=resume,
+                    extract_options=extract_options,
                 )
                 info = read_adapter_info(ad_dir)
             # an adapter that rewrites the image encoder gets a fresh model (the base stays clean)
             model = model_factory() if getattr(method_cls, "adapts_image_encoder", False) else base
-            adapter = load_adapter(ad_dir, model)
+            try:
+                adapter = load_adapter(ad_dir, model)
+            except AdapterMismatchError as e:
+                raise AdapterMismatchError(
+                    f"{e} In a study: this --out holds adapters of another model; use another --out."
+                ) from e
             if adapter.adapts_image_encoder and model is base:
                 raise RuntimeError(f"{name}: adapter rewrote the shared base model")
             head_kind = {"prompt": "text"}.get(adapter.kind, adapter.kind)
@@ -280,9 +375,8 @@ def _reuse_negatives(specs: list[ScoreSpec], zero_shot_results: Path) -> list[Sc
     for spec in specs:
         mined = (res.get("scores", {}).get(spec.label, {}).get("artifacts") or {}).get("neglabel_labels_file")
         if spec.name == "neglabel" and "labels_file" not in spec.params and mined:
-            path = Path(mined)
-            if not path.is_absolute():
-                path = zero_shot_results.parent / "artifacts" / path.name
+            # always relative to this study folder (which may have been moved since)
+            path = zero_shot_results.parent / "artifacts" / Path(mined).name
             out.append(ScoreSpec(spec.name, {**spec.params, "labels_file": str(path)}, display=spec.label))
         else:
             out.append(spec)

@@ -245,8 +245,12 @@ def run_eval(
     ood_fs = {o.name: extract_features(model, o.source, kinds, **extract_kw) for o in sets.ood}
     train_fs = extract_features(model, sets.train, ["image"], **extract_kw) if needs_train else None
     # every rank takes part in each extraction (they are collective under torchrun)
+    # held-out classes: a probe cannot classify them, so only its own ID classes need its features
+    held_kinds = ["image"] if head_kind == "probe" else set_kinds
     labelled_fs = {
-        (kind, ls.name): extract_features(model, ls.source, set_kinds, **extract_kw)
+        (kind, ls.name): extract_features(
+            model, ls.source, set_kinds if kind == "domain_shift" else held_kinds, **extract_kw
+        )
         for kind, group in (("domain_shift", sets.domain_shift), ("held_out", sets.held_out))
         for ls in group
     }
@@ -410,7 +414,7 @@ def _labelled_accuracy(model, sets: EvalSets, ls: LabelledSet, fs, head, adapter
     features for them; with an adapter, the adapter applied to the new names where it can be (a
     shared learned prompt context, CoCoOp's meta-net) and otherwise the base zero-shot classifier
     (class-specific context) or none at all (a probe knows only its training classes)."""
-    feats = {k: fs.get(k) for k in set_kinds}
+    feats = {k: fs.get(k) for k in set_kinds if k in fs.arrays}
     labels = fs.valid_labels()
 
     def accuracy(h) -> float:

@@ -54,6 +54,7 @@ class FeatureSet:
     timings: dict[str, float] = field(default_factory=dict)
     encoded: int = 0  # images encoded by this call (0 = everything came from the cache)
     local: bool = True  # False on a non-zero rank that cannot see rank 0's cache (arrays empty)
+    fingerprint: str | None = None  # the dataset fingerprint the cache keys were made from
 
     @property
     def labels(self) -> np.ndarray:
@@ -230,6 +231,7 @@ def extract_features(
             timings,
             encoded,
             local=False,
+            fingerprint=fp,
         )
     arrays, valid = {}, None
     for k, e in entries.items():
@@ -241,7 +243,9 @@ def extract_features(
         bad = [source.samples[i].path for i in np.flatnonzero(~valid)][:5]
         log.warning("%s: skipped %d unreadable images (first: %s)", source.name, int((~valid).sum()), bad)
     timings["total_s"] = time.perf_counter() - t0
-    return FeatureSet(source, arrays, valid, {k: e.key for k, e in entries.items()}, timings, encoded)
+    return FeatureSet(
+        source, arrays, valid, {k: e.key for k, e in entries.items()}, timings, encoded, fingerprint=fp
+    )
 
 
 def encode_texts(
@@ -286,6 +290,7 @@ def class_text_features(
 def cache_info(fs: FeatureSet) -> dict[str, Any]:
     """What a result records about where its features came from."""
     return {
+        "fingerprint": fs.fingerprint,
         "keys": fs.keys,
         "n": len(fs.source),
         "n_valid": int(fs.valid.sum()),

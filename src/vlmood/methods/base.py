@@ -451,7 +451,7 @@ def load_adapter(adapter_dir: str | os.PathLike, model, check_model: bool = True
     if info.get("weights_sha256") and sha256_file(d / ADAPTER_WEIGHTS) != info["weights_sha256"]:
         raise AdapterError(
             f"{d / ADAPTER_WEIGHTS} does not match the sha256 in {ADAPTER_JSON}: the file was changed "
-            f"or is corrupt; train the adapter again"
+            f"or is corrupt; delete {d} and train the adapter again (`vlmood study` retrains what is missing)"
         )
     tensors = load_file(str(d / ADAPTER_WEIGHTS), device="cpu")
     return cls.build_adapter(model, info, tensors)
@@ -469,10 +469,13 @@ def prepare_data(
     classnames: Sequence[str] | None = None,
     cache_root: str | os.PathLike | None = None,
     progress: bool = True,
+    extract_options: dict[str, Any] | None = None,
 ) -> TrainData:
     """Turn an image source into :class:`TrainData`: few-shot sampling (split file written to
     ``out_dir/split.json``) or a given split file, then cached features of ``method.kinds``
-    (unless the method runs the image encoder itself)."""
+    (unless the method runs the image encoder itself). ``extract_options``: keyword arguments of
+    ``extract_features`` (batch_size, num_workers, skip_corrupt, fingerprint); with
+    ``skip_corrupt`` unreadable training images are dropped (and listed in ``meta``)."""
     if isinstance(data, TrainData):
         if shots or split_file:
             raise ValueError("shots/split_file apply to an image source, not to prepared TrainData")
@@ -482,6 +485,8 @@ def prepare_data(
     if not isinstance(data, ImageSource):
         raise TypeError(f"training data must be an ImageSource or TrainData, not {type(data).__name__}")
     source = data
+    xo = dict(extract_options or {})
+    source_fp = source.fingerprint(xo.get("fingerprint", "stat"))  # identity of the data drawn from
     names = list(classnames or source.classnames or [])
     if not names:
         raise DataError(f"dataset {source.name!r} has no class names; pass classnames")
@@ -510,17 +515,32 @@ def prepare_data(
     if kinds and not method.needs_images:
         from vlmood.features.extract import extract_features
 
-        fs = extract_features(model, source, kinds, cache_root=cache_root, progress=progress)
-        if not fs.valid.all():  # pragma: no cover - extract raises on corrupt files by default
-            raise DataError(f"{source.name}: unreadable images in the training set")
-        features = {k: fs.arrays[k] for k in kinds}
+        fs = extract_features(model, source, kinds, cache_root=cache_root, progress=progress, **xo)
+        if not fs.valid.all():  # only with skip_corrupt (extraction raises otherwise)
+            skipped = fs.skipped
+            keep = np.flatnonzero(fs.valid)
+            source = source.subset(keep, name=source.name)
+            labels = labels[keep]
+            log.warning("%s: training without %d unreadable images", source.name, len(skipped))
+        else:
+            skipped = []
+        features = {k: fs.get(k) for k in kinds}
+    else:
+        skipped = []
     return TrainData(
         names,
         labels,
         features,
         source=source,
         split_file=split_path,
-        meta={"dataset": source.name, "n": len(source), "shots": shots, "seed": seed},
+        meta={
+            "dataset": source.name,
+            "n": len(source),
+            "shots": shots,
+            "seed": seed,
+            "source_fingerprint": source_fp,
+            **({"skipped": skipped} if skipped else {}),
+        },
         cache_root=cache_root,
     )
 
@@ -541,6 +561,7 @@ def fit_method(
     device: str | torch.device | None = None,
     progress: bool = True,
     resume: bool = False,
+    extract_options: dict[str, Any] | None = None,
 ) -> Path:
     """Train method ``name`` and write its adapter artifact to ``out_dir``; returns ``out_dir``.
 
@@ -553,7 +574,9 @@ def fit_method(
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     seed = cfg.seed if seed is None else seed
-    td = prepare_data(method, model, data, out, shots, seed, split_file, classnames, cache_root, progress)
+    td = prepare_data(
+        method, model, data, out, shots, seed, split_file, classnames, cache_root, progress, extract_options
+    )
     if method.needs_images and td.source is None:
         raise DataError(
             f"method {method.name!r} runs the image encoder while training; give it an image source"

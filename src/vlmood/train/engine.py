@@ -267,7 +267,8 @@ class Trainer:
             from torch.utils.tensorboard import SummaryWriter
         except ImportError as e:
             raise ValueError("tensorboard=True needs the tensorboard package: pip install tensorboard") from e
-        return SummaryWriter(log_dir=str(self.out / "tensorboard"))
+        # purge_step: events a killed run wrote after its last checkpoint are dropped on resume
+        return SummaryWriter(log_dir=str(self.out / "tensorboard"), purge_step=self.step or None)
 
     def _truncate_log(self) -> None:
         """Drop log rows written after the checkpoint we resume from (they will be redone)."""
