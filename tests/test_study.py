@@ -107,16 +107,18 @@ def test_study_table_resume_and_changed_settings(example, tmp_path, capsys, monk
     err = capsys.readouterr().err
     assert "other settings" in err and "train.epochs" in err
     # settings that do not change what is computed are not a reason to refuse or redo anything
-    stamps = {p: p.stat().st_mtime_ns for p in out.rglob("*.json") if p.name in ("adapter.json", "results.json")}
+    stamps = {
+        p: p.stat().st_mtime_ns for p in out.rglob("*.json") if p.name in ("adapter.json", "results.json")
+    }
     assert _study(example, out, "--set", "log_every=3") == 0, capsys.readouterr().err
     assert all(p.stat().st_mtime_ns == t for p, t in stamps.items())
     # other templates: the adapters stay, every evaluation is redone
     assert _study(example, out, "--templates", "imagenet7") == 0, capsys.readouterr().err
     res = json.loads((out / "runs" / "zero-shot" / "results.json").read_text())
     assert res["templates"]["origin"] == "imagenet7"
-    assert all(
-        p.stat().st_mtime_ns == t for p, t in stamps.items() if p.name == "adapter.json"
-    ) and all(p.stat().st_mtime_ns != t for p, t in stamps.items() if p.name == "results.json")
+    assert all(p.stat().st_mtime_ns == t for p, t in stamps.items() if p.name == "adapter.json") and all(
+        p.stat().st_mtime_ns != t for p, t in stamps.items() if p.name == "results.json"
+    )
 
 
 def test_study_bad_input(example, tmp_path, capsys):
