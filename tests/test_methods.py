@@ -529,12 +529,21 @@ def test_array_dataset_batched_reads_equal_per_item():
     from vlmood.methods.base import ArrayDataset, batch_collate
 
     x = np.arange(40, dtype=np.float32).reshape(10, 4)
-    ds = ArrayDataset({"preproj": x}, np.arange(10) % 3)
     idx = [7, 2, 9, 2]
-    want = default_collate([ds[i] for i in idx])
-    got = batch_collate(ds.__getitems__(idx))
-    for k in want:
-        torch.testing.assert_close(got[k], want[k])
+    batches = []
+    for limit in (2 << 30, 0):  # read into memory / left memory-mapped
+        ds = ArrayDataset({"preproj": x}, np.arange(10) % 3, max_in_memory=limit)
+        assert ds.in_memory == (limit > 0)
+        want = default_collate([ds[i] for i in idx])
+        got = batch_collate(ds.__getitems__(idx))
+        for k in want:
+            torch.testing.assert_close(got[k], want[k])
+        batches.append(got)
+    for k in batches[0]:
+        torch.testing.assert_close(batches[0][k], batches[1][k])
+    ds = ArrayDataset({"preproj": x}, np.arange(10) % 3)
+    ds.__getitems__([7])["preproj"][0, 0] = -1.0  # a batch is a copy: the dataset is not changed
+    assert ds[7]["preproj"][0] == 28.0 and x[7, 0] == 28.0
 
 
 def test_ueo_settings_and_metrics(tmp_path):

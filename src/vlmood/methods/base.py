@@ -141,23 +141,44 @@ class ArrayDataset(Dataset):
 
     ``__getitems__`` reads a whole batch with one fancy index per array (the DataLoader uses it
     when present; pair it with :func:`batch_collate`), which keeps probes on 100k+ cached
-    features from spending their time in per-sample indexing and collation."""
+    features from spending their time in per-sample indexing and collation. Arrays that fit in
+    ``max_in_memory`` bytes together are read once into float32 tensors (random batches from a
+    memory map cost a page walk per row); larger ones stay memory-mapped."""
 
-    def __init__(self, arrays: dict[str, np.ndarray], labels: np.ndarray) -> None:
-        self.arrays = arrays
+    def __init__(
+        self, arrays: dict[str, np.ndarray], labels: np.ndarray, max_in_memory: int = 2 << 30
+    ) -> None:
         self.labels = np.asarray(labels, dtype=np.int64)
+        total = sum(int(np.prod(a.shape)) * 4 for a in arrays.values())
+        self.in_memory = total <= max_in_memory
+        if self.in_memory:
+            self.arrays = {
+                k: torch.from_numpy(np.ascontiguousarray(a, dtype=np.float32)) for k, a in arrays.items()
+            }
+        else:
+            self.arrays = arrays
+        self._labels_t = torch.from_numpy(self.labels)
 
     def __len__(self) -> int:
         return len(self.labels)
 
     def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
-        out = {k: torch.from_numpy(np.array(a[i], dtype=np.float32)) for k, a in self.arrays.items()}
+        if self.in_memory:
+            out = {k: a[i].clone() for k, a in self.arrays.items()}
+        else:
+            out = {k: torch.from_numpy(np.array(a[i], dtype=np.float32)) for k, a in self.arrays.items()}
         out["label"] = torch.tensor(int(self.labels[i]))
         out["index"] = torch.tensor(int(i))
         return out
 
     def __getitems__(self, indices: list[int]) -> dict[str, torch.Tensor]:
         idx = np.asarray(indices, dtype=np.int64)
+        if self.in_memory:
+            ti = torch.from_numpy(idx)
+            out = {k: a.index_select(0, ti) for k, a in self.arrays.items()}
+            out["label"] = self._labels_t.index_select(0, ti)
+            out["index"] = ti
+            return out
         order = np.argsort(idx, kind="stable")  # sorted reads from memory maps, then back in order
         back = np.empty_like(order)
         back[order] = np.arange(len(order))
