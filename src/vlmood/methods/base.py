@@ -153,7 +153,8 @@ class ArrayDataset(Dataset):
         self.in_memory = total <= max_in_memory
         if self.in_memory:
             self.arrays = {
-                k: torch.from_numpy(np.ascontiguousarray(a, dtype=np.float32)) for k, a in arrays.items()
+                k: torch.from_numpy(np.array(a, dtype=np.float32))
+                for k, a in arrays.items()  # a copy in RAM
             }
         else:
             self.arrays = arrays
