@@ -150,7 +150,7 @@ def child(args) -> dict:
     scale = model.logit_scale
     idx = torch.arange(k)
     chunk = auto_chunk(k, args.chunk)
-    res["chunk"] = chunk if method == "vlmood" else 0
+    res["chunk"] = chunk if method == "vlmood" and 0 < chunk < k else 0  # effective: 0 = one pass
     res["prompt_tokens"] = int(learner.tokens.shape[1])
     res["prompt_tokens_used"] = int(model._pool_index(learner.tokens).max()) + 1
 
@@ -361,7 +361,10 @@ def main() -> int:
         f"prompt length: {first.get('prompt_tokens')} positions (plain), "
         f"{first.get('prompt_tokens_used')} after vlmood's end-of-text truncation"
     )
-    print(f"load average at start {load0[0]:.2f} {load0[1]:.2f} {load0[2]:.2f}")
+    print(
+        f"load average at start {load0[0]:.2f} {load0[1]:.2f} {load0[2]:.2f} (1/5/15 min; a lone run adds "
+        f"~{args.threads}; per-child values in the JSON)"
+    )
     cols = ["classes"]
     for m in methods:
         cols += [f"{m} step s", f"{m} peak MB", f"{m} torch MB"]
@@ -412,10 +415,12 @@ def main() -> int:
     v = rows.get(("vlmood", max(classes)))
     if v is not None and v.get("peak_mb") is not None:
         kmax = max(classes)
-        msg = (
-            f"memory bound: vlmood at {kmax} classes encodes chunks of {v['chunk'] or kmax} prompts under "
-            f"checkpointing; extra peak {v['peak_mb']:,.0f} MB"
+        how = (
+            f"encodes chunks of {v['chunk']} prompts under activation checkpointing"
+            if v["chunk"]
+            else "encodes all prompts in one pass (no chunking at this K; auto_chunk chunks above 256)"
         )
+        msg = f"memory bound: vlmood at {kmax} classes {how}; extra peak {v['peak_mb']:,.0f} MB"
         if args.bound_mb:
             ok = v["peak_mb"] <= args.bound_mb
             msg += (

@@ -240,7 +240,8 @@ def main() -> int:
         )
         print(
             f"load average: start {load0[0]:.2f}, before vlmood {load_v[0]:.2f}, "
-            f"before plain {load_p[0] if load_p else float('nan'):.2f}, end {load1[0]:.2f} (1-min; 2 cores)"
+            f"before plain {load_p[0] if load_p else float('nan'):.2f}, end {load1[0]:.2f} (1-min, 2 cores; "
+            f"this run alone adds ~{torch.get_num_threads()})"
         )
         hdr = ["run", "wall s", "loop s", "s/epoch", "median s/epoch", "samples/s", "cpu s", "peak RSS MB"]
         table = [
