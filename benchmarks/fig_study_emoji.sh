@@ -27,7 +27,8 @@ for m in ${METHODS//,/ }; do
     coop) args+=(--set "coop:epochs=20") ;;
     # LoCoOp's top-K is 200 of ImageNet's 1,000 classes (20 of ImageNet-100's): 20% of 257 = 51
     locoop) args+=(--set "locoop:epochs=20" --param "locoop:top_k=51") ;;
-    cocoop) args+=(--set "cocoop:epochs=1") ;;
+    # one epoch = 514 steps of batch 1; CoOp's 1-epoch constant warmup would take all of it
+    cocoop) args+=(--set "cocoop:epochs=1" --set "cocoop:warmup_steps=20") ;;
   esac
 done
 exec .venv/bin/vlmood study --model vlmood-tiny --benchmark emoji-ood --root "$ROOT" \

@@ -560,3 +560,16 @@ def test_ueo_settings_and_metrics(tmp_path):
     mcm = [1 / (1 + math.exp(-abs(a - b))) for a, b in cos]  # 2-class softmax max
     assert mcm[3] < min(mcm[:3])
     assert m["auroc"] == 1.0
+
+
+def test_warmup_covering_the_whole_run_is_reported(caplog):
+    from vlmood.methods.coop import resolve_config
+
+    cfg = create_method("coop").default_config(epochs=1, batch_size=4)
+    with caplog.at_level("WARNING"):
+        out = resolve_config(cfg, 20)
+    assert out.warmup_steps == 5 and "covers the whole run" in caplog.text
+    caplog.clear()
+    with caplog.at_level("WARNING"):
+        resolve_config(create_method("coop").default_config(epochs=3, batch_size=4), 20)
+    assert "covers the whole run" not in caplog.text

@@ -14,6 +14,7 @@ each step as the reference code does.
 from __future__ import annotations
 
 import dataclasses
+import logging
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,6 +39,8 @@ from vlmood.methods.base import (
 from vlmood.methods.prompt import POSITIONS, PromptLearner, auto_chunk
 from vlmood.train.engine import TrainConfig
 
+log = logging.getLogger(__name__)
+
 
 def coop_loss(image: torch.Tensor, text: torch.Tensor, labels: torch.Tensor, scale: float) -> torch.Tensor:
     """Cross-entropy of ``scale * image @ text.T`` (both normalised) against ``labels``."""
@@ -54,6 +57,14 @@ def resolve_config(cfg: TrainConfig, n: int) -> TrainConfig:
     if cfg.extra.get("warmup_frac") and not cfg.warmup_steps:
         cfg = dataclasses.replace(
             cfg, warmup_steps=int(round(float(cfg.extra["warmup_frac"]) * steps * cfg.epochs))
+        )
+    if cfg.warmup_steps >= steps * cfg.epochs:
+        log.warning(
+            "warmup (%d steps) covers the whole run of %d steps: the schedule never reaches lr %g; "
+            "train more epochs or set warmup_steps",
+            cfg.warmup_steps,
+            steps * cfg.epochs,
+            cfg.lr,
         )
     return cfg
 
