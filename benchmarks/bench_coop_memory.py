@@ -37,8 +37,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
-import re
 import resource
 import statistics
 import subprocess
@@ -46,49 +44,7 @@ import sys
 import time
 
 # ---------------------------------------------------------------------------------------------- memory
-
-
-def _status_kb(field: str) -> int | None:
-    try:
-        with open("/proc/self/status") as f:
-            m = re.search(rf"^{field}:\s+(\d+) kB", f.read(), re.M)
-        return int(m.group(1)) if m else None
-    except OSError:
-        return None
-
-
-def rss_mb() -> float:
-    kb = _status_kb("VmRSS")
-    if kb is not None:
-        return kb / 1024
-    return peak_rss_mb()
-
-
-def peak_rss_mb() -> float:
-    kb = _status_kb("VmHWM")
-    if kb is not None:
-        return kb / 1024
-    r = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return r / 1024 if platform.system() != "Darwin" else r / 2**20
-
-
-def reset_peak_rss() -> bool:
-    """Reset VmHWM (and ru_maxrss) to the current RSS (Linux >= 4.0)."""
-    try:
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")
-        return True
-    except OSError:
-        return False
-
-
-def mem_available_mb() -> float | None:
-    try:
-        with open("/proc/meminfo") as f:
-            m = re.search(r"^MemAvailable:\s+(\d+) kB", f.read(), re.M)
-        return int(m.group(1)) / 1024 if m else None
-    except OSError:
-        return None
+from _memory import mem_available_mb, peak_rss_mb, reset_peak_rss, rss_mb, status_kb  # noqa: E402
 
 
 def is_oom(exc: BaseException) -> bool:
@@ -192,7 +148,7 @@ def child(args) -> dict:
         torch.cuda.reset_peak_memory_stats(device)
         base_alloc = torch.cuda.memory_allocated(device)
     else:
-        vm_kb = _status_kb("VmSize") or 0
+        vm_kb = status_kb("VmSize") or 0
         avail = mem_available_mb()
         budget_mb = args.mem_limit_gb * 1024
         if avail is not None:

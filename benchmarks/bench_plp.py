@@ -33,9 +33,6 @@ import argparse
 import json
 import math
 import os
-import platform
-import re
-import resource
 import shutil
 import signal
 import statistics
@@ -46,33 +43,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from _memory import peak_rss_mb, reset_peak_rss, status_kb  # noqa: E402  (sibling module)
 from torch import nn
-
-
-def _status_kb(field: str) -> int | None:
-    try:
-        with open("/proc/self/status") as f:
-            m = re.search(rf"^{field}:\s+(\d+) kB", f.read(), re.M)
-        return int(m.group(1)) if m else None
-    except OSError:
-        return None
-
-
-def peak_rss_mb() -> float:
-    kb = _status_kb("VmHWM")
-    if kb is not None:
-        return kb / 1024
-    r = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return r / 1024 if platform.system() != "Darwin" else r / 2**20
-
-
-def reset_peak_rss() -> bool:
-    try:
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")
-        return True
-    except OSError:
-        return False
 
 
 def write_features(work: Path, centres: np.ndarray, args, rng: np.random.Generator):
@@ -183,7 +155,7 @@ def main() -> int:
 
         # ---------------------------------------------------------------- vlmood
         hwm_ok = reset_peak_rss()
-        rss_before = (_status_kb("VmRSS") or 0) / 1024
+        rss_before = (status_kb("VmRSS") or 0) / 1024
         load_v = os.getloadavg()
         c0 = time.process_time()
         t0 = time.perf_counter()
