@@ -58,6 +58,15 @@ RN_CONFIG = {  # open_clip ModifiedResNet (BatchNorm2d) at 32 px with tiny-test'
 # name -> (method, model spec, data kind, method params, TrainConfig overrides). Every case trains
 # with a step-dependent schedule (warmup + cosine) and an optimiser with state (momentum / Adam), so
 # a resume that lost the step counter or the optimiser state would show.
+# probes: a ragged last batch (drop_last off) and warmup given as a fraction of all steps
+PROBE_TRAIN = {
+    "optimizer": "adam",
+    "lr": 0.05,
+    "batch_size": 5,
+    "drop_last": False,
+    "warmup_steps": 0,
+    "extra": {"warmup_frac": 0.2},
+}
 CASES = {
     "coop": ("coop", "tiny-test", "image", {"n_ctx": 2}, {}),
     "coop-augment": ("coop", "tiny-test", "images", {"n_ctx": 2, "augment": True}, {}),
@@ -68,28 +77,14 @@ CASES = {
         "tiny-test",
         "probe",
         {},
-        {
-            "optimizer": "adam",
-            "lr": 0.05,
-            "batch_size": 5,
-            "drop_last": False,
-            "warmup_steps": 0,
-            "extra": {"warmup_frac": 0.2},
-        },
+        PROBE_TRAIN,
     ),
     "plp": (
         "plp",
         "tiny-test",
         "plp",
         {},
-        {
-            "optimizer": "adam",
-            "lr": 0.05,
-            "batch_size": 5,
-            "drop_last": False,
-            "warmup_steps": 0,
-            "extra": {"warmup_frac": 0.2},
-        },
+        PROBE_TRAIN,
     ),
     "ueo": ("ueo", "tiny-test", "images", {}, {"lr": 0.5, "weight_decay": 0.0}),
     "ueo-resnet-bn": ("ueo", f"open_clip:{RN_ARCH}", "images", {}, {"lr": 0.5, "weight_decay": 0.0}),

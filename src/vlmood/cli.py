@@ -304,6 +304,24 @@ def _templates(args: argparse.Namespace, sets) -> tuple[list[str], str]:
     return load_templates("simple")[0], "simple"
 
 
+def _eval_options(args: argparse.Namespace, sets):
+    """EvalOptions from the data arguments shared by eval and study (templates resolved)."""
+    from vlmood.eval.runner import EvalOptions
+
+    templates, template_origin = _templates(args, sets)
+    return EvalOptions(
+        templates=templates,
+        templates_origin=template_origin,
+        cache_dir=args.cache_dir,
+        batch_size=args.batch_size,
+        num_workers=args.workers,
+        skip_corrupt=args.skip_corrupt,
+        fingerprint=args.fingerprint,
+        progress=not args.no_progress,
+        command=sys.argv,
+    )
+
+
 def _load_model(args: argparse.Namespace):
     from vlmood.models import load_model
 
@@ -313,7 +331,7 @@ def _load_model(args: argparse.Namespace):
 
 def cmd_eval(args: argparse.Namespace) -> int:
     from vlmood import distributed as D
-    from vlmood.eval.runner import EvalOptions, format_table, run_eval
+    from vlmood.eval.runner import format_table, run_eval
 
     D.init_distributed()
     specs = [
@@ -325,19 +343,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
     build_scores(specs)  # fail on a bad score or parameter before any loading
     sets = _build_sets(args)
-    templates, template_origin = _templates(args, sets)
+    opts = _eval_options(args, sets)
     model = _load_model(args)
-    opts = EvalOptions(
-        templates=templates,
-        templates_origin=template_origin,
-        cache_dir=args.cache_dir,
-        batch_size=args.batch_size,
-        num_workers=args.workers,
-        skip_corrupt=args.skip_corrupt,
-        fingerprint=args.fingerprint,
-        progress=not args.no_progress,
-        command=sys.argv,
-    )
     if args.adapter:
         _apply_adapter(args.adapter, model, opts, sets.eval_sets.classnames)
     results = run_eval(model, sets.eval_sets, specs, args.out, opts)
@@ -363,16 +370,7 @@ def _apply_adapter(path: str, model, opts, classnames: list[str]) -> None:
         )
     ad = load_adapter(path, model)
     opts.adapter = ad
-    opts.adapter_info = {
-        "path": str(path),
-        "method": info.get("method"),
-        "kind": ad.kind,
-        "params": info.get("params"),
-        "key": ad.key,
-        "train": info.get("train"),
-        "data": info.get("data"),
-        "split_file": info.get("split_file"),
-    }
+    opts.adapter_info = ad.record(path)
 
 
 def cmd_cache(args: argparse.Namespace) -> int:
@@ -531,7 +529,6 @@ def _method_kv(items: list[str], flag: str, need_method: bool) -> dict[str, dict
 
 
 def cmd_study(args: argparse.Namespace) -> int:
-    from vlmood.eval.runner import EvalOptions
     from vlmood.study import StudyConfig, format_study, run_study
 
     specs = [s for text in (args.scores or ["mcm,neglabel,energy,maxlogit"]) for s in parse_score_arg(text)]
@@ -551,18 +548,7 @@ def cmd_study(args: argparse.Namespace) -> int:
 
     _check_config(cfg)  # fail on bad methods, scores or settings before any loading
     sets = _build_sets(args)
-    templates, template_origin = _templates(args, sets)
-    opts = EvalOptions(
-        templates=templates,
-        templates_origin=template_origin,
-        cache_dir=args.cache_dir,
-        batch_size=args.batch_size,
-        num_workers=args.workers,
-        skip_corrupt=args.skip_corrupt,
-        fingerprint=args.fingerprint,
-        progress=not args.no_progress,
-        command=sys.argv,
-    )
+    opts = _eval_options(args, sets)
     study = run_study(lambda: _load_model(args), sets.eval_sets, cfg, args.out, opts, not args.no_progress)
     print(format_study(study))
     print(f"study: {Path(args.out) / 'study.json'}")

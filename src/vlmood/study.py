@@ -36,6 +36,7 @@ from typing import Any
 
 import numpy as np
 
+from vlmood.eval.heads import head_kind
 from vlmood.eval.runner import EvalOptions, EvalSets, ScoreSpec, build_scores, run_eval
 from vlmood.train.engine import CHECKPOINT_NAME
 from vlmood.utils import atomic_path, atomic_write_json, sha256_json
@@ -97,12 +98,9 @@ def _train_config(method, cfg: StudyConfig, seed: int):
 def _supported(specs: Sequence[ScoreSpec], head_kind: str) -> tuple[list[ScoreSpec], dict[str, str]]:
     from vlmood.eval.heads import unsupported_reason
 
-    class _K:
-        kind = head_kind
-
     keep, skipped = [], {}
     for spec, sc in build_scores(specs):
-        why = unsupported_reason(sc, _K())  # type: ignore[arg-type]
+        why = unsupported_reason(sc, head_kind)
         if why:
             skipped[spec.label] = why
         else:
@@ -229,21 +227,13 @@ def run_study(
     t0 = time.perf_counter()
     expected = _expected_data(sets, opts.templates, opts.fingerprint)
     train_fp = sets.train.fingerprint(opts.fingerprint) if sets.train is not None else None
-    extract_options = {
-        "batch_size": opts.batch_size,
-        "num_workers": opts.num_workers,
-        "skip_corrupt": opts.skip_corrupt,
-        "fingerprint": opts.fingerprint,
-    }
     base = model_factory()
     runs: dict[str, dict[str, Any]] = {}
 
     method_scores = list(cfg.scores)
 
-    def evaluate(
-        run_dir: Path, model, adapter, head_kind: str, info: dict | None, wanted: list[ScoreSpec]
-    ) -> dict[str, Any]:
-        specs, skipped = _supported(wanted, head_kind)
+    def evaluate(run_dir: Path, model, adapter, info: dict | None, wanted: list[ScoreSpec]) -> dict[str, Any]:
+        specs, skipped = _supported(wanted, head_kind(adapter))
         labels = [s.label for s in specs]
         key = adapter.key if adapter is not None else None
         path = run_dir / "results.json"
@@ -254,7 +244,7 @@ def run_study(
 
     if ZERO_SHOT in cfg.methods:
         log.info("study: zero-shot")
-        rec = evaluate(out / "runs" / ZERO_SHOT, base, None, "text", None, cfg.scores)
+        rec = evaluate(out / "runs" / ZERO_SHOT, base, None, None, cfg.scores)
         runs[ZERO_SHOT] = {"seeds": {"-": rec}}
         method_scores = _reuse_negatives(cfg.scores, out / rec["results"])
 
@@ -317,9 +307,8 @@ def run_study(
                     cache_root=opts.cache_dir,
                     progress=progress,
                     resume=resume,
-                    extract_options=extract_options,
+                    extract_options=opts.extract_kwargs(),
                 )
-                info = read_adapter_info(ad_dir)
             # an adapter that rewrites the image encoder gets a fresh model (the base stays clean)
             model = model_factory() if getattr(method_cls, "adapts_image_encoder", False) else base
             try:
@@ -330,22 +319,11 @@ def run_study(
                 ) from e
             if adapter.adapts_image_encoder and model is base:
                 raise RuntimeError(f"{name}: adapter rewrote the shared base model")
-            head_kind = {"prompt": "text"}.get(adapter.kind, adapter.kind)
-            ad_info = {
-                "path": str(ad_dir),
-                "method": name,
-                "kind": adapter.kind,
-                "params": info.get("params"),
-                "key": adapter.key,
-                "train": info.get("train"),
-                "data": info.get("data"),
-                "metrics": info.get("metrics"),
-            }
             rec = evaluate(
-                out / "runs" / name / f"seed{seed}", model, adapter, head_kind, ad_info, method_scores
+                out / "runs" / name / f"seed{seed}", model, adapter, adapter.record(ad_dir), method_scores
             )
             rec["adapter"] = str(ad_dir.relative_to(out))
-            rec["train_s"] = (info.get("metrics") or {}).get("train_s")
+            rec["train_s"] = (adapter.info.get("metrics") or {}).get("train_s")
             entry["seeds"][str(seed)] = rec
         runs[name] = entry
 

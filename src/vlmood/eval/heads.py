@@ -103,6 +103,13 @@ class ProbeHead(ClassHead):
         return self.adapter.logits(feats[self.feature_kind]).astype(np.float32, copy=False)
 
 
+def head_kind(adapter) -> str:
+    """The head kind an adapter evaluates through (None = zero-shot): text, conditional or probe."""
+    if adapter is None or adapter.kind == "prompt":
+        return "text"
+    return adapter.kind
+
+
 def head_for_adapter(adapter, model) -> ClassHead:
     """The head of a loaded adapter (:func:`vlmood.methods.load_adapter`)."""
     if adapter.kind == "prompt":
@@ -114,19 +121,20 @@ def head_for_adapter(adapter, model) -> ClassHead:
     raise ValueError(f"unknown adapter kind {adapter.kind!r}")
 
 
-def unsupported_reason(score: Score, head: ClassHead) -> str | None:
-    """Why ``score`` cannot run through ``head`` (None when it can)."""
+def unsupported_reason(score: Score, head_kind: str) -> str | None:
+    """Why ``score`` cannot run through a head of kind ``head_kind`` (text / conditional / probe;
+    None when it can). Takes the kind alone so scores can be checked before any head exists."""
     from vlmood.scores.glmcm import GLMCMScore
     from vlmood.scores.neglabel import NegLabelScore
     from vlmood.scores.softmax import CosineScore
 
-    if head.kind == "text":
+    if head_kind == "text":
         return None
     if isinstance(score, GLMCMScore):
         return (
             "needs image-independent class text features to score patches (not a conditional or probe head)"
         )
-    if isinstance(score, NegLabelScore) and head.kind == "probe":
+    if isinstance(score, NegLabelScore) and head_kind == "probe":
         return "needs cosines in the text embedding space; a probe gives logits"
     from vlmood.scores.knn import KNNScore
     from vlmood.scores.mahalanobis import MahalanobisScore
@@ -145,7 +153,7 @@ def score_with_head(
     from vlmood.scores.softmax import CosineScore
 
     image = feats["image"]
-    reason = unsupported_reason(score, head)
+    reason = unsupported_reason(score, head.kind)
     if reason:
         raise ValueError(f"{type(score).__name__} through a {head.kind} head: {reason}")
     if head.kind == "text" or not isinstance(score, CosineScore | NegLabelScore):

@@ -109,6 +109,15 @@ class EvalOptions:
     adapter: Any = None
     adapter_info: dict[str, Any] | None = None
 
+    def extract_kwargs(self) -> dict[str, Any]:
+        """The ``extract_features`` options these settings imply (also used for training data)."""
+        return {
+            "batch_size": self.batch_size,
+            "num_workers": self.num_workers,
+            "skip_corrupt": self.skip_corrupt,
+            "fingerprint": self.fingerprint,
+        }
+
 
 def _summarise(per_set: dict[str, dict[str, float]], groups: dict[str, str]) -> dict[str, dict[str, float]]:
     out: dict[str, dict[str, float]] = {}
@@ -202,7 +211,7 @@ def run_eval(
     if len(set(labels_seen)) != len(labels_seen):
         raise ValueError(f"the same score was requested twice: {labels_seen}")
     adapter = opts.adapter
-    head_kind = "text" if adapter is None else {"prompt": "text"}.get(adapter.kind, adapter.kind)
+    head_kind = H.head_kind(adapter)
     if adapter is not None:
         if list(adapter.classnames) != list(sets.classnames):
             raise ValueError(
@@ -210,9 +219,7 @@ def run_eval(
                 f"than this ID set's {len(sets.classnames)}; evaluate it on the classes it learned"
             )
         bad = [
-            f"{spec.label}: {why}"
-            for spec, sc in score_objs
-            if (why := H.unsupported_reason(sc, _KindOnly(head_kind)))
+            f"{spec.label}: {why}" for spec, sc in score_objs if (why := H.unsupported_reason(sc, head_kind))
         ]
         if bad:
             raise ValueError(
@@ -231,14 +238,7 @@ def run_eval(
             f"score(s) {needs_train} need ID training features: pass --train DIR (or use a benchmark "
             f"with a train split), or drop these scores"
         )
-    extract_kw = dict(
-        cache_root=opts.cache_dir,
-        batch_size=opts.batch_size,
-        num_workers=opts.num_workers,
-        skip_corrupt=opts.skip_corrupt,
-        fingerprint=opts.fingerprint,
-        progress=opts.progress,
-    )
+    extract_kw = dict(cache_root=opts.cache_dir, progress=opts.progress, **opts.extract_kwargs())
     timings: dict[str, float] = {}
     t = time.perf_counter()
     id_fs = extract_features(model, sets.id, kinds, **extract_kw)
@@ -398,13 +398,6 @@ def run_eval(
     results["environment"] = environment_info(model.device)
     atomic_write_json(out / "results.json", results)
     return results
-
-
-class _KindOnly:
-    """A stand-in head carrying only its kind (to check scores before anything is computed)."""
-
-    def __init__(self, kind: str) -> None:
-        self.kind = kind
 
 
 def _labelled_accuracy(model, sets: EvalSets, ls: LabelledSet, fs, head, adapter, opts, set_kinds):

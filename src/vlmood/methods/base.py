@@ -342,6 +342,20 @@ class Adapter:
     def logits(self, features: np.ndarray) -> np.ndarray:
         raise NotImplementedError(f"{self.method} adapters have no classification head; use similarities()")
 
+    def record(self, path: str | os.PathLike) -> dict[str, Any]:
+        """What results.json says about the adapter an evaluation used."""
+        return {
+            "path": str(path),
+            "method": self.method,
+            "kind": self.kind,
+            "params": self.info.get("params"),
+            "key": self.key,
+            "train": self.info.get("train"),
+            "data": self.info.get("data"),
+            "split_file": self.info.get("split_file"),
+            "metrics": self.info.get("metrics"),
+        }
+
     def for_classes(self, classnames: Sequence[str]) -> Adapter | None:
         """The same trained adapter applied to other class names (e.g. held-out classes: a learned
         shared prompt context transfers to new names), or None when it cannot be (class-specific
