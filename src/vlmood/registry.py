@@ -10,10 +10,12 @@ import fnmatch
 from collections.abc import Callable
 from typing import Any, Generic, TypeVar
 
+from vlmood.errors import VlmoodError
+
 T = TypeVar("T")
 
 
-class UnknownNameError(KeyError):
+class UnknownNameError(VlmoodError, KeyError):
     """Raised when a name is not registered; the message lists the valid choices."""
 
     def __str__(self) -> str:  # KeyError quotes its message; keep it readable

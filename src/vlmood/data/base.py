@@ -13,10 +13,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from vlmood.errors import VlmoodError
 from vlmood.utils import sha256_json
 
 
-class DataError(ValueError):
+class DataError(VlmoodError, ValueError):
     """Bad dataset input; the message names the file and the fix."""
 
 

@@ -30,6 +30,7 @@ from typing import Any
 
 import numpy as np
 
+from vlmood.errors import RunError
 from vlmood.utils import atomic_path, atomic_write_json, sha256_json
 
 log = logging.getLogger(__name__)
@@ -44,7 +45,7 @@ def default_cache_root() -> Path:
     return Path(env) if env else Path.home() / ".cache" / "vlmood"
 
 
-class CacheError(RuntimeError):
+class CacheError(RunError):
     """A cache entry is unusable (truncated, mismatched); it will be rebuilt."""
 
 

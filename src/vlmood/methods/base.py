@@ -33,6 +33,7 @@ import torch
 from torch.utils.data import Dataset
 
 from vlmood.data.base import DataError, ImageSource
+from vlmood.errors import VlmoodError
 from vlmood.registry import Registry
 from vlmood.train.engine import TrainConfig
 from vlmood.utils import atomic_path, atomic_write_json, sha256_json
@@ -65,7 +66,7 @@ def list_methods(pattern: str = "*") -> list[str]:
     return METHODS.list(pattern)
 
 
-class AdapterError(ValueError):
+class AdapterError(VlmoodError, ValueError):
     """An adapter artifact is missing, malformed or does not fit the model it is loaded onto."""
 
 

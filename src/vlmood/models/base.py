@@ -19,6 +19,7 @@ from typing import Any
 
 import torch
 
+from vlmood.errors import VlmoodError
 from vlmood.utils import sha256_json
 
 FEATURE_KINDS = ("image", "preproj", "patch")
@@ -139,5 +140,5 @@ class VLM(ABC):
         return torch.autocast(self.device.type, enabled=False)
 
 
-class ModelLoadError(RuntimeError):
+class ModelLoadError(VlmoodError, RuntimeError):
     """A model could not be loaded; the message says what to pass instead."""

@@ -12,6 +12,8 @@ from typing import Any
 
 import numpy as np
 
+from vlmood.errors import VlmoodError
+
 SUPPORTED_SCHEMA = "vlmood.results/1"
 RESULTS_FILE = "results.json"
 TABLE_METRICS = ("fpr95", "auroc", "aupr_in", "aupr_out")
@@ -20,7 +22,7 @@ LOWER_IS_BETTER = frozenset({"fpr95", "fpr95_interp", "fpr95_nearest", "fpr95_op
 SUMMARY_KEYS = (("near_mean", "near mean"), ("far_mean", "far mean"), ("mean", "mean"))
 
 
-class ReportError(ValueError):
+class ReportError(VlmoodError, ValueError):
     """A results file that cannot be reported on (missing, unreadable, or of another schema)."""
 
 

@@ -26,6 +26,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, RandomSampler
 
 from vlmood import distributed as D
+from vlmood.errors import RunError, VlmoodError
 from vlmood.utils import atomic_path, atomic_write_text, sha256_json
 
 log = logging.getLogger(__name__)
@@ -33,11 +34,11 @@ log = logging.getLogger(__name__)
 CHECKPOINT_NAME = "last.pt"
 
 
-class TrainingDivergedError(RuntimeError):
+class TrainingDivergedError(RunError):
     """The loss became NaN or infinite; the last good checkpoint is kept."""
 
 
-class ResumeError(ValueError):
+class ResumeError(VlmoodError, ValueError):
     """A resume was asked for with a configuration that differs from the checkpoint's."""
 
 
