@@ -5,24 +5,23 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
+import re
+import signal
 import sys
 from pathlib import Path
 from typing import Any
 
-import yaml
+from vlmood.errors import UsageError
 
 log = logging.getLogger("vlmood")
 
 
 def _scalar(text: str) -> Any:
-    """A YAML scalar, with numbers such as ``9e-1`` (a string to YAML 1.1) read as floats."""
-    value = yaml.safe_load(text)
-    if isinstance(value, str):
-        try:
-            return float(value)
-        except ValueError:
-            return value
-    return value
+    """A ``key=value`` value: bool, null, int, float or string (``vlmood.params.parse_value``)."""
+    from vlmood.params import parse_value
+
+    return parse_value(text)
 
 
 def parse_score_arg(text: str) -> list[Any]:
@@ -31,26 +30,56 @@ def parse_score_arg(text: str) -> list[Any]:
     A comma-separated list of names, or one name followed by ``:`` and ``key=value`` pairs
     (values parsed as YAML scalars, so ``1``, ``0.5``, ``true`` and ``null`` have their types).
     """
+    from vlmood.errors import UsageError
     from vlmood.eval.runner import ScoreSpec
+    from vlmood.params import parse_kv
 
     if ":" in text:
         name, _, rest = text.partition(":")
         params = {}
         for part in filter(None, (p.strip() for p in rest.split(","))):
             if "=" not in part:
-                raise argparse.ArgumentTypeError(f"score parameter {part!r} in {text!r} is not key=value")
-            k, _, v = part.partition("=")
-            params[k.strip()] = _scalar(v.strip())
+                raise UsageError(
+                    f"--score {text!r}: parameter {part!r} is not key=value (e.g. {name.strip()}:{part}=1.0)"
+                )
+            k, v = parse_kv(part, f"--score {text!r}: parameter")
+            params[k] = v
+        if not name.strip():
+            raise UsageError(f"--score {text!r}: no score name before ':'")
         return [ScoreSpec(name.strip(), params)]
     return [ScoreSpec(n.strip()) for n in text.split(",") if n.strip()]
 
 
+_DEVICE_FORM = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
+
+
 def _auto_device(device: str) -> str:
-    if device != "auto":
-        return device
+    """``auto`` -> cuda when a GPU is visible, else cpu; other values checked against the machine."""
+    from vlmood.errors import UsageError
+
+    if not _DEVICE_FORM.match(device):
+        raise UsageError(
+            f"--device {device!r} is not a device: use cpu, cuda, cuda:N (N = GPU index) or auto"
+        )
     import torch
 
-    return "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise UsageError(
+                f"--device {device}: no CUDA GPU is visible on this machine "
+                "(torch.cuda.is_available() is False); use --device cpu or --device auto"
+            )
+        index = int(device.partition(":")[2] or 0)
+        if index >= torch.cuda.device_count():
+            raise UsageError(
+                f"--device {device}: this machine has {torch.cuda.device_count()} visible GPU(s) "
+                f"(indices 0..{torch.cuda.device_count() - 1})"
+            )
+    if device == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+        raise UsageError("--device mps: Apple's MPS backend is not available here; use --device cpu or auto")
+    return device
 
 
 def _auto_precision(precision: str, device: str) -> str:
@@ -364,7 +393,7 @@ def _apply_adapter(path: str, model, opts, classnames: list[str]) -> None:
 
     info = read_adapter_info(path)
     if list(info.get("classnames", [])) != list(classnames):
-        raise ValueError(
+        raise UsageError(
             f"adapter {path} was trained for {len(info.get('classnames', []))} other class names than this "
             f"ID set's {len(classnames)}; evaluate it on the classes it learned"
         )
@@ -522,7 +551,7 @@ def _method_kv(items: list[str], flag: str, need_method: bool) -> dict[str, dict
         head, _, kv = text.partition(":") if ":" in text.split("=", 1)[0] else ("", "", text)
         if "=" not in kv or (need_method and not head):
             form = "METHOD:KEY=VALUE" if need_method else "[METHOD:]KEY=VALUE"
-            raise ValueError(f"{flag} {text!r} is not {form}")
+            raise UsageError(f"{flag} {text!r} is not {form}")
         k, _, v = kv.partition("=")
         out.setdefault(head.strip() or "*", {})[k.strip()] = _scalar(v.strip())
     return out
@@ -535,7 +564,7 @@ def cmd_study(args: argparse.Namespace) -> int:
     try:
         seeds = [int(x) for x in args.seeds.split(",") if x.strip()]
     except ValueError as e:
-        raise ValueError(f"--seeds {args.seeds!r}: a comma list of integers") from e
+        raise UsageError(f"--seeds {args.seeds!r}: a comma list of integers, e.g. --seeds 0,1,2") from e
     cfg = StudyConfig(
         methods=[m.strip().lower() for m in args.methods.split(",") if m.strip()],
         scores=specs,
@@ -653,32 +682,88 @@ COMMANDS = {
 }
 
 
+def _check_out(args: argparse.Namespace) -> None:
+    """``--out`` must be a folder (or not exist yet): refuse an existing file before any work."""
+    from vlmood.errors import UsageError
+
+    out = getattr(args, "out", None)
+    if out and Path(out).exists() and not Path(out).is_dir():
+        raise UsageError(f"--out {out} is an existing file, not a folder; pass a folder path (it is created)")
+
+
+_RESUME_HINT = {
+    "fit": "rerun with --resume to continue from the last finished epoch",
+    "pretrain": "rerun with --resume to continue from the last finished epoch",
+    "study": "rerun the same command: finished pieces are reused and trainings resume",
+    "cache": "rerun the same command: finished feature chunks are reused",
+    "eval": "rerun the same command: finished feature chunks are reused",
+}
+
+
+def _raise_interrupt(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt
+
+
+def _silence_stdout() -> None:
+    """After a closed pipe (``vlmood data list | head``), send further output nowhere."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError):
+        pass
+
+
 def main(argv: list[str] | None = None) -> int:
+    """Run the ``vlmood`` command; returns the exit status.
+
+    Every library error (``vlmood.errors.VlmoodError``) ends in one line on stderr,
+    ``vlmood CMD: error: MESSAGE``, with status 2 (fix the command or its inputs) or 1 (the run
+    failed); Ctrl-C/SIGTERM end in one line saying how to resume (status 1); a closed output
+    pipe ends quietly. ``-v`` shows tracebacks.
+    """
     args = build_parser().parse_args(argv)
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.WARNING,
         format="%(levelname)s %(name)s: %(message)s",
     )
     logging.getLogger("vlmood").setLevel(logging.DEBUG if args.verbose else logging.INFO)
-    from vlmood.data.base import DataError
-    from vlmood.models.base import ModelLoadError
-    from vlmood.registry import UnknownNameError
-    from vlmood.train.engine import TrainingDivergedError
+    from vlmood.errors import VlmoodError
 
+    def fail(message: str, code: int) -> int:
+        print(f"vlmood {args.cmd}: {message}", file=sys.stderr)
+        return code
+
+    previous = None
     try:
+        previous = signal.signal(signal.SIGTERM, _raise_interrupt)
+    except ValueError:  # not the main thread (main() called from a library thread)
+        pass
+    try:
+        _check_out(args)
         return COMMANDS[args.cmd](args)
-    except (
-        DataError,
-        ModelLoadError,
-        UnknownNameError,
-        FileNotFoundError,
-        ValueError,
-        TrainingDivergedError,
-    ) as e:
+    except VlmoodError as e:
         if args.verbose:
             raise
-        print(f"vlmood {args.cmd}: error: {e}", file=sys.stderr)
-        return 2
+        return fail(f"error: {e}", e.exit_code)
+    except KeyboardInterrupt:
+        hint = _RESUME_HINT.get(args.cmd, "rerun the same command")
+        return fail(f"interrupted; completed work is kept, {hint}", 1)
+    except BrokenPipeError:
+        _silence_stdout()
+        return 0
+    except OSError as e:  # disk full, permissions, a file that vanished: name it, no traceback
+        if args.verbose:
+            raise
+        where = f" ({e.filename})" if getattr(e, "filename", None) else ""
+        fix = "free disk space or write elsewhere" if e.errno == 28 else "check the path and its permissions"
+        return fail(f"error: {e.strerror or e}{where}; {fix}", 1)
+    except ValueError as e:  # a user-input check not yet converted to a VlmoodError
+        if args.verbose:
+            raise
+        return fail(f"error: {e}", 2)
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -134,26 +134,27 @@ def _summarise(per_set: dict[str, dict[str, float]], groups: dict[str, str]) -> 
 
 
 def build_scores(specs: Sequence[ScoreSpec]) -> list[tuple[ScoreSpec, Any]]:
-    """Create the scores, with a clear error for an unknown parameter or a bad value."""
-    import inspect
-
+    """Create the scores; unknown parameters and values of the wrong type are refused
+    (UsageError), and the returned specs carry the checked values (``k=3.0`` -> ``3``)."""
+    from vlmood.errors import UsageError
+    from vlmood.params import check_params
     from vlmood.scores import SCORES
 
     out = []
     for spec in specs:
         factory = SCORES.get(spec.name)
-        params = inspect.signature(factory).parameters
-        valid = [p for p in params if p not in ("self", "args", "kwargs")]
-        unknown = [k for k in spec.params if k not in params]
-        if unknown:
-            raise ValueError(
-                f"score {spec.name!r} has no parameter {', '.join(map(repr, unknown))}; "
-                f"its parameters: {', '.join(valid) or '(none)'}"
-            )
+        params = check_params(factory, spec.params, f"score {spec.name!r}")
+        # labels keep the value as written when it is the same number (2 for 2.0); a value the
+        # check changed in kind (ngroup=1e2 -> 100) is recorded as it runs
+        shown = {
+            k: spec.params[k] if type(spec.params[k]) is type(v) or spec.params[k] == v else v
+            for k, v in params.items()
+        }
+        spec = ScoreSpec(spec.name, shown, spec.display)
         try:
-            out.append((spec, factory(**spec.params)))
+            out.append((spec, factory(**params)))
         except (TypeError, ValueError) as e:
-            raise ValueError(f"score {spec.label}: {e}") from e
+            raise UsageError(f"score {spec.label}: {e}") from e
     return out
 
 
