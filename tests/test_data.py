@@ -78,8 +78,12 @@ def test_image_folder_labels_and_classnames(tmp_path):
     assert all(os.path.isabs(s.path) for s in src.samples)
     assert src.samples[-1].path.endswith("deep.JPG")  # nested and upper-case suffix
     assert src.kind == "folder" and src.meta["root"] == str(root.absolute())
-    named = image_folder(root, classnames=["alpha", "beta"], name="x")
+    # a bare list that is not the folder names is refused unless sorted-folder order is asked for
+    with pytest.raises(DataError, match="not the class folder names.*--classnames-order sorted"):
+        image_folder(root, classnames=["alpha", "beta"])
+    named = image_folder(root, classnames=["alpha", "beta"], name="x", classnames_order="sorted")
     assert named.classnames == ["alpha", "beta"] and named.name == "x"
+    assert named.meta["classnames_mapping"] == "sorted-order"
     with pytest.raises(DataError, match="2 class subfolders but 3 class names"):
         image_folder(root, classnames=["a", "b", "c"])
 
@@ -426,9 +430,12 @@ def test_classname_files(tmp_path):
     with pytest.raises(DataError, match="unknown class-name set"):
         load_classnames("no-such")
     # a class-name file through a reader records its hash
-    root = make_folder(tmp_path / "ds", {"x": 1, "y": 1})
+    root = make_folder(tmp_path / "ds", {"cat": 1, "dog": 1})
     src = image_folder(root, classnames=str(js))
     assert src.meta["classnames_sha256"] == load_classnames(js)[1]
+    # by name: label = index of the folder's name in the file ("dog" first), not the sorted position
+    assert src.classnames == ["dog", "cat"] and src.meta["classnames_mapping"] == "by-name"
+    assert {Path(s.path).parent.name: s.label for s in src.samples} == {"dog": 0, "cat": 1}
 
 
 # ---------------------------------------------------------------------------- benchmarks
@@ -591,7 +598,12 @@ def test_user_yaml_relative_paths(tmp_path):
     f2 = _write_yaml(
         tmp_path / "data" / "b2.yaml", dict(data, id={"folder": "id", "classnames": "../names.txt"})
     )
-    assert len(load_benchmark(f2).resolve()["id"]) == 4
+    # ../names.txt leaves both the YAML's folder and the data root: refused unless allowed
+    with pytest.raises(
+        DataError, match=r"'id.classnames'.*leaves the benchmark folder.*--allow-outside-root"
+    ):
+        load_benchmark(f2).resolve()
+    assert len(load_benchmark(f2).resolve(allow_outside_root=True)["id"]) == 4
 
 
 def test_label_space_id_maps_domain_shift(tmp_path):

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -63,21 +64,20 @@ class ImageSource:
         ``stat``: file list with sizes and mtimes (fast); ``content``: sha256 of every file.
         Labels are included, so relabelling changes the key.
         """
+        if mode not in ("stat", "content"):
+            raise ValueError(f"unknown fingerprint mode {mode!r} (stat|content)")
         h = hashlib.sha256()
         for s in self.samples:
-            h.update(s.path.encode("utf-8"))
+            h.update(os.fsencode(s.path))  # a non-UTF-8 name (surrogate-escaped) keeps its bytes
             h.update(b"\0")
             h.update(str(s.label).encode())
             h.update(b"\0")
             try:
                 if mode == "content":
-                    with open(s.path, "rb") as f:
-                        h.update(hashlib.sha256(f.read()).digest())
-                elif mode == "stat":
+                    h.update(_file_sha256(s.path))
+                else:
                     st = os.stat(s.path)
                     h.update(f"{st.st_size}:{st.st_mtime_ns}".encode())
-                else:
-                    raise ValueError(f"unknown fingerprint mode {mode!r} (stat|content)")
             except FileNotFoundError:
                 h.update(b"<missing>")
             h.update(b"\n")
@@ -94,8 +94,50 @@ class ImageSource:
         )
 
 
-def resolve(path: str | os.PathLike, root: str | os.PathLike | None) -> str:
+def _file_sha256(path: str, block: int = 1 << 20) -> bytes:
+    """sha256 digest of a file read in blocks (bounded memory); only regular files are read."""
+    if not stat.S_ISREG(os.stat(path).st_mode):  # opening a FIFO would block
+        return b"<not a regular file>"
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(block):
+            h.update(chunk)
+    return h.digest()
+
+
+OUTSIDE_ROOT_FIX = "move it under the root, or pass --allow-outside-root (API: allow_outside_root=True)"
+
+
+def is_within(path: str | os.PathLike, root: str | os.PathLike) -> bool:
+    """True when ``path`` (made absolute and normalised, '..' collapsed) lies under ``root``.
+
+    The test is on the path as written, so a data root that is itself a symlink, or holds
+    symlinked dataset folders, still counts as the root; symlinks *inside* class folders are
+    checked where folders are walked (against the real path of the walked folder).
+    """
+    r = os.path.normpath(os.path.abspath(root))
+    p = os.path.normpath(os.path.join(r, os.fspath(path)))
+    return p == r or p.startswith(r.rstrip(os.sep) + os.sep)
+
+
+def resolve(
+    path: str | os.PathLike,
+    root: str | os.PathLike | None,
+    *,
+    what: str | None = None,
+    allow_outside_root: bool = True,
+) -> str:
+    """Absolute path of ``path`` relative to ``root``.
+
+    With ``allow_outside_root=False`` a path that leaves ``root`` ('..' or an absolute path
+    elsewhere) raises DataError naming ``what`` (e.g. ``list.txt:3``) and the fix.
+    """
     p = Path(path)
     if not p.is_absolute() and root is not None:
         p = Path(root) / p
+    if not allow_outside_root and root is not None and not is_within(p, root):
+        raise DataError(
+            f"{what or path}: path {os.fspath(path)!r} leaves the data root {Path(root).absolute()}; "
+            f"{OUTSIDE_ROOT_FIX}"
+        )
     return str(p.absolute())

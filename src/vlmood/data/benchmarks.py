@@ -26,8 +26,16 @@ of ``folder:`` (class subfolders), ``flat:`` (unlabelled images), ``list:`` or `
 data root), ``templates``, ``classes``/``wnids`` (use only these class subfolders, in this
 order), ``classes_from`` (a built-in class-name set with WordNet ids: its wnids select the
 subfolders and its names become the class names), ``label_space: id`` (map class subfolders
-named by wnid or class index onto the ID labels), ``optional`` (a missing optional set is
-skipped), ``expected_count``, ``note``.
+named by wnid or class index onto the ID labels), ``classnames_order: sorted`` (give a bare name
+list to the sorted class folders by position; also a top-level default), ``optional`` (a missing
+optional set is skipped), ``expected_count``, ``note``.
+
+Class names meet class folders by name (:func:`vlmood.data.classnames.assign_folders`). Every
+path stays under its root: set paths and image roots under the data root, class-name and
+template files under the YAML's folder or the data root, list/CSV entries under their image
+root, symlinks under the folder they sit in. ``allow_outside_root=True`` (CLI
+``--allow-outside-root``) lifts this; a YAML file cannot grant it to itself. YAML aliases are
+refused (:mod:`vlmood.data.yamlsafe`).
 """
 
 from __future__ import annotations
@@ -40,12 +48,11 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-import yaml
-
-from vlmood.data.base import DataError, ImageSample, ImageSource
-from vlmood.data.classnames import BUILTIN_CLASSNAMES, read_classnames
+from vlmood.data.base import OUTSIDE_ROOT_FIX, DataError, ImageSample, ImageSource, is_within
+from vlmood.data.classnames import BUILTIN_CLASSNAMES, CLASSNAMES_ORDERS, read_classnames
 from vlmood.data.sources import LIST_SUFFIXES, guess_kind, load_source, split_kind
 from vlmood.data.templates import list_templates, load_templates
+from vlmood.data.yamlsafe import MAX_YAML_BYTES, load_yaml
 from vlmood.registry import Registry
 
 log = logging.getLogger(__name__)
@@ -61,6 +68,7 @@ _TOP_KEYS = {
     "ood",
     "domain_shift",
     "held_out_classes",
+    "classnames_order",
 }
 _SOURCE_KEYS = ("source", "folder", "flat", "list", "csv")
 _SET_KEYS = {
@@ -73,6 +81,7 @@ _SET_KEYS = {
     "wnids",
     "classes_from",
     "label_space",
+    "classnames_order",
     "optional",
     "expected_count",
     "note",
@@ -94,6 +103,7 @@ class SetSpec:
     classes: tuple[str, ...] | None = None
     classes_from: str | None = None
     label_space: str | None = None
+    classnames_order: str | None = None
     optional: bool = False
     expected_count: int | None = None
     note: str = ""
@@ -123,6 +133,7 @@ class Benchmark:
     data_root: str | None = None
     origin: str = ""  # the YAML file
     packaged: bool = False
+    classnames_order: str | None = None  # default for the sets: None (by name) or "sorted"
 
     # ------------------------------------------------------------------ structure
 
@@ -157,20 +168,37 @@ class Benchmark:
 
     # ------------------------------------------------------------------ class names / templates
 
-    def _find_file(self, value: str, root: Path | None) -> str | None:
-        cands = [self.base_dir / value] + ([root / value] if root is not None else [])
-        for c in cands:
-            if c.is_file():
+    def _find_file(
+        self, value: str, root: Path | None, fld: str, allow_outside_root: bool = False
+    ) -> str | None:
+        """A class-name or template file relative to the YAML's folder or the data root; a path
+        that leaves both (``..``, an absolute path elsewhere) is refused unless allowed."""
+        bases = [self.base_dir] + ([root] if root is not None else [])
+        outside = None
+        for base in bases:
+            c = base / value
+            if not c.is_file():
+                continue
+            if allow_outside_root or is_within(c, base):
                 return str(c)
+            outside = c
+        if outside is not None:
+            raise DataError(
+                f"{self.origin}: field '{fld}': {value!r} leaves the benchmark folder {self.base_dir}"
+                + (f" and the data root {root}" if root is not None else "")
+                + f"; {OUTSIDE_ROOT_FIX}"
+            )
         return None
 
-    def _classnames_arg(self, spec: SetSpec, root: Path | None) -> str | None:
+    def _classnames_arg(
+        self, spec: SetSpec, root: Path | None, allow_outside_root: bool = False
+    ) -> str | None:
         value = spec.classnames
         if value is None:
             return spec.classes_from
         if value.lower() in BUILTIN_CLASSNAMES:
             return value
-        found = self._find_file(value, root)
+        found = self._find_file(value, root, f"{spec.key}.classnames", allow_outside_root)
         if found is None:
             raise DataError(
                 f"{self.origin}: field '{spec.key}.classnames': {value!r} is neither a built-in set "
@@ -178,27 +206,52 @@ class Benchmark:
             )
         return found
 
-    def classnames(self, root: str | os.PathLike | None = None) -> tuple[list[str], str]:
+    def classnames(
+        self, root: str | os.PathLike | None = None, allow_outside_root: bool = False
+    ) -> tuple[list[str], str]:
         """ID class names and the sha256 of their file."""
         r = None
         if root is not None or self.data_root is not None or not self.packaged:
             r = self.data_dir(root)
-        arg = self._classnames_arg(self.id, r)
+        arg = self._classnames_arg(self.id, r, allow_outside_root)
         if arg is None:
             raise DataError(f"{self.origin}: field 'id.classnames' is required to name the ID classes")
         cn = read_classnames(arg)
         return cn.names, cn.sha256
 
-    def load_templates(self, root: str | os.PathLike | None = None) -> tuple[list[str], str]:
+    def load_templates(
+        self, root: str | os.PathLike | None = None, allow_outside_root: bool = False
+    ) -> tuple[list[str], str]:
         """ID prompt templates (``id.templates`` or the top-level ``templates``) and their hash."""
         value = self.id.templates or self.templates
         if value.lower() in list_templates():
             return load_templates(value)
         r = self.data_dir(root) if (root is not None or not self.packaged or self.data_root) else None
-        found = self._find_file(value, r)
+        found = self._find_file(value, r, "templates", allow_outside_root)
         if found is None:
             raise DataError(f"{self.origin}: field 'templates': {value!r} is not a built-in set or a file")
         return load_templates(found)
+
+    def set_keys(self, names: str | list[str] | tuple[str, ...]) -> set[str]:
+        """Keys of the sets named in ``names`` (set names or keys, e.g. ``ninco`` or
+        ``ood/near/ninco``, comma-separated); DataError listing the valid names for an unknown one.
+        The ID set is always included."""
+        if isinstance(names, str):
+            names = [n for n in names.split(",")]
+        wanted = [n.strip() for n in names if n.strip()]
+        by_name: dict[str, str] = {}
+        for spec in self.sets():
+            by_name[spec.key] = spec.key
+            by_name.setdefault(spec.name, spec.key)
+        unknown = [n for n in wanted if n not in by_name]
+        if unknown:
+            valid = ", ".join(
+                ["id", *(spec.name if spec.role != "train" else "train" for spec in self.sets()[1:])]
+            )
+            raise DataError(
+                f"--sets: unknown set(s) {', '.join(unknown)} in benchmark {self.name!r}; valid: {valid}"
+            )
+        return {"id", *(by_name[n] for n in wanted)}
 
     # ------------------------------------------------------------------ resolving sets
 
@@ -231,35 +284,51 @@ class Benchmark:
             return cn.wnids
         return None
 
-    def resolve_set(self, spec: SetSpec, root: str | os.PathLike | None = None) -> ImageSource:
-        """Read one set under the data root; DataError if it is missing or unreadable."""
+    def resolve_set(
+        self, spec: SetSpec, root: str | os.PathLike | None = None, allow_outside_root: bool = False
+    ) -> ImageSource:
+        """Read one set under the data root; DataError if it is missing, unreadable or outside."""
         rootp = self.data_dir(root)
         path = rootp / spec.path
+        for fld, value in ((spec.kind if spec.kind != "auto" else "source", spec.path), ("root", spec.root)):
+            if value is not None and not allow_outside_root and not is_within(rootp / value, rootp):
+                raise DataError(
+                    f"{self.origin}: field '{spec.key}.{fld}': {value!r} leaves the data root {rootp}; "
+                    f"{OUTSIDE_ROOT_FIX}"
+                )
         kind = spec.kind
         if kind == "auto":
             if not path.exists():
                 raise DataError(f"{spec.key}: {path} does not exist (expected {self.expected(spec, rootp)})")
             kind = guess_kind(path)
         classes = self._classes(spec)
-        classnames = self._classnames_arg(spec, rootp)
+        classnames = self._classnames_arg(spec, rootp, allow_outside_root)
         if spec.label_space == "id":
             classnames = None  # replaced by the ID names below
         img_root = (rootp / spec.root) if spec.root else (rootp if kind in ("list", "csv") else None)
         src = load_source(
-            f"{kind}:{path}", root=img_root, classnames=classnames, name=spec.name, classes=classes
+            f"{kind}:{path}",
+            root=img_root,
+            classnames=classnames,
+            name=spec.name,
+            classes=classes,
+            classnames_order=spec.classnames_order or self.classnames_order,
+            allow_outside_root=allow_outside_root,
         )
         if spec.label_space == "id":
-            src = self._to_id_labels(src, spec, rootp)
+            src = self._to_id_labels(src, spec, rootp, allow_outside_root)
         src.meta.update(benchmark=self.name, role=spec.role, set_key=spec.key)
         return src
 
-    def _to_id_labels(self, src: ImageSource, spec: SetSpec, root: Path) -> ImageSource:
+    def _to_id_labels(
+        self, src: ImageSource, spec: SetSpec, root: Path, allow_outside_root: bool = False
+    ) -> ImageSource:
         folders = src.meta.get("class_folders")
         if folders is None:
             raise DataError(
                 f"{self.origin}: field '{spec.key}.label_space': 'id' needs a class-folder source"
             )
-        arg = self._classnames_arg(self.id, root)
+        arg = self._classnames_arg(self.id, root, allow_outside_root)
         if arg is None:
             raise DataError(f"{self.origin}: field 'id.classnames' is needed for label_space: id")
         cn = read_classnames(arg)
@@ -276,26 +345,34 @@ class Benchmark:
                     f"nor an ID class index (0..{len(cn.names) - 1})"
                 )
         samples = [ImageSample(s.path, mapping[s.label], s.caption) for s in src.samples]
-        meta = dict(src.meta, label_space="id", classnames_sha256=cn.sha256)
+        meta = dict(
+            src.meta, label_space="id", classnames_sha256=cn.sha256, classnames_mapping="id-label-space"
+        )
         return ImageSource(src.name, samples, list(cn.names), src.kind, src.origin, meta)
 
     def resolve(
         self,
         root: str | os.PathLike | None = None,
         roles: tuple[str, ...] | None = None,
+        only: str | list[str] | tuple[str, ...] | None = None,
+        allow_outside_root: bool = False,
     ) -> dict[str, ImageSource]:
-        """Read every set (or those with a role in ``roles``), keyed by :attr:`SetSpec.key`.
+        """Read every set (or those with a role in ``roles``, or the ID set plus the sets named in
+        ``only``, see :meth:`set_keys`), keyed by :attr:`SetSpec.key`.
 
         A missing optional set is skipped with a warning; missing required sets raise one
         DataError listing all of them.
         """
+        keys = self.set_keys(only) if only is not None else None
         out: dict[str, ImageSource] = {}
         errors: list[str] = []
         for spec in self.sets():
             if roles is not None and spec.role not in roles:
                 continue
+            if keys is not None and spec.key not in keys:
+                continue
             try:
-                out[spec.key] = self.resolve_set(spec, root)
+                out[spec.key] = self.resolve_set(spec, root, allow_outside_root)
             except DataError as e:
                 if spec.optional:
                     log.warning("benchmark %s: skipping optional set %s: %s", self.name, spec.key, e)
@@ -306,7 +383,8 @@ class Benchmark:
                 f"benchmark {self.name!r}: {len(errors)} set(s) missing or unreadable under "
                 f"{self.data_dir(root)}:\n"
                 + "\n".join(errors)
-                + f"\nRun `vlmood data check {self.name} --root DIR`."
+                + f"\nRun `vlmood data check {self.name} --root DIR`, or evaluate the sets that exist "
+                f"with --sets NAME,..."
             )
         return out
 
@@ -386,6 +464,9 @@ def _parse_set(raw: Any, role: str, fld: str, origin: str, default_name: str | N
     root = opt_str("root")
     if root is not None and kind not in ("list", "csv", "auto"):
         raise _err(origin, f"{fld}.root", f"only list and csv sources take an image root, not {kind}")
+    order = opt_str("classnames_order")
+    if order not in (None, *CLASSNAMES_ORDERS):
+        raise _err(origin, f"{fld}.classnames_order", f"expected one of {', '.join(CLASSNAMES_ORDERS)}")
     templates = opt_str("templates")
     if templates is not None and role != "id":
         raise _err(origin, f"{fld}.templates", "templates belong to the ID set")
@@ -401,6 +482,7 @@ def _parse_set(raw: Any, role: str, fld: str, origin: str, default_name: str | N
         classes=classes,
         classes_from=classes_from,
         label_space=label_space,
+        classnames_order=order,
         optional=optional,
         expected_count=expected,
         note=str(note),
@@ -460,6 +542,9 @@ def parse_benchmark(data: Any, origin: str = "<yaml>", packaged: bool = False) -
     data_root = data.get("data_root")
     if data_root is not None and not isinstance(data_root, str):
         raise _err(origin, "data_root", "expected a path relative to the benchmark file")
+    order = data.get("classnames_order")
+    if order not in (None, *CLASSNAMES_ORDERS):
+        raise _err(origin, "classnames_order", f"expected one of {', '.join(CLASSNAMES_ORDERS)}")
     desc = data.get("description", "") or ""
     return Benchmark(
         name=name.strip(),
@@ -474,6 +559,7 @@ def parse_benchmark(data: Any, origin: str = "<yaml>", packaged: bool = False) -
         data_root=data_root,
         origin=origin,
         packaged=packaged,
+        classnames_order=order,
     )
 
 
@@ -481,13 +567,18 @@ def load_benchmark_file(path: str | os.PathLike, packaged: bool = False) -> Benc
     """Read and validate one benchmark YAML file."""
     p = Path(path)
     try:
+        if p.is_file() and p.stat().st_size > MAX_YAML_BYTES:
+            raise DataError(
+                f"{p}: a benchmark file of {p.stat().st_size} bytes is over the {MAX_YAML_BYTES} limit"
+            )
         text = p.read_text(encoding="utf-8")
     except FileNotFoundError:
         raise DataError(f"benchmark file {p.absolute()} does not exist") from None
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as e:
-        raise DataError(f"{p}: invalid YAML: {e}") from e
+    except UnicodeDecodeError as e:
+        raise DataError(f"{p}: a benchmark file must be UTF-8 text ({e.reason} at byte {e.start})") from None
+    except IsADirectoryError:
+        raise DataError(f"benchmark file {p.absolute()} is a folder; pass the YAML file") from None
+    data = load_yaml(text, origin=str(p))
     return parse_benchmark(data, origin=str(p.absolute()), packaged=packaged)
 
 
@@ -577,7 +668,9 @@ class CheckReport:
         }
 
 
-def check_benchmark(bench: Benchmark | str, root: str | os.PathLike | None = None) -> CheckReport:
+def check_benchmark(
+    bench: Benchmark | str, root: str | os.PathLike | None = None, allow_outside_root: bool = False
+) -> CheckReport:
     """For every set: the expected path and layout, whether it exists, how many images it has,
     and (for lists and CSVs) how many listed files are missing."""
     if isinstance(bench, str):
@@ -605,7 +698,7 @@ def check_benchmark(bench: Benchmark | str, root: str | os.PathLike | None = Non
             rows.append(row)
             continue
         try:
-            src = bench.resolve_set(spec, rootp)
+            src = bench.resolve_set(spec, rootp, allow_outside_root)
         except DataError as e:
             msg = str(e)
             row.status = "empty" if "no images" in msg or "no entries" in msg or "no rows" in msg else "error"

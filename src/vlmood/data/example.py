@@ -18,7 +18,8 @@ import numpy as np
 DIGIT_NAMES = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"]
 
 EXAMPLE_YAML = """\
-# Written by `vlmood data example`; paths are relative to this file's folder.
+# Written by `vlmood data example`; paths are relative to this file's folder. classnames.txt
+# lists the class folder names; class names are matched to folders by name, not by position.
 name: example-digits
 description: sklearn digits 0-4 (ID) vs digits 5-9 (near) and photo crops (far)
 id:

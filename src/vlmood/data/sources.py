@@ -10,6 +10,7 @@ from __future__ import annotations
 import csv
 import logging
 import os
+import stat
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -17,8 +18,15 @@ from typing import Any
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from vlmood.data.base import CorruptImageError, DataError, ImageSample, ImageSource, resolve
-from vlmood.data.classnames import read_classnames
+from vlmood.data.base import (
+    OUTSIDE_ROOT_FIX,
+    CorruptImageError,
+    DataError,
+    ImageSample,
+    ImageSource,
+    resolve,
+)
+from vlmood.data.classnames import ClassNames, assign_folders, read_classnames
 
 try:  # torch is a hard dependency of the package, but keep the readers importable without it
     from torch.utils.data import Dataset as _TorchDataset
@@ -53,19 +61,100 @@ def _is_image(name: str, extensions: Sequence[str]) -> bool:
     return not name.startswith(".") and name.lower().endswith(tuple(e.lower() for e in extensions))
 
 
-def _walk_images(folder: Path, extensions: Sequence[str], recursive: bool = True) -> list[str]:
-    """Image files under ``folder`` in a deterministic (sorted) order; follows symlinks."""
+class WalkStats(dict):
+    """What a folder walk read and skipped (recorded in ``source.meta["walk"]``)."""
+
+    def __init__(self) -> None:
+        super().__init__(
+            files=0, dirs=0, non_regular_skipped=0, broken_links_skipped=0, dirs_revisited_skipped=0
+        )
+
+    def add(self, other: dict[str, int]) -> None:
+        for k, v in other.items():
+            self[k] = self.get(k, 0) + v
+
+
+def _walk_images(
+    folder: Path,
+    extensions: Sequence[str],
+    recursive: bool = True,
+    *,
+    stats: WalkStats | None = None,
+    allow_outside_root: bool = False,
+) -> list[str]:
+    """Image files under ``folder`` in a deterministic order (a folder's files sorted by name, then
+    its subfolders, sorted, depth first).
+
+    Only regular files are read (a FIFO or device named ``x.png`` is skipped and counted: opening
+    one would block). Symlinks are followed, each directory at most once (cycles and a directory
+    reached twice are skipped and counted, keyed by (st_dev, st_ino)), and a symlink whose target
+    lies outside ``folder``'s real path raises DataError unless ``allow_outside_root``.
+    """
+    st = stats if stats is not None else WalkStats()
+    top = Path(folder).absolute()
+    real_top = os.path.realpath(top)
     out: list[str] = []
-    if not recursive:
-        for entry in sorted(os.scandir(folder), key=lambda e: e.name):
-            if entry.is_file() and _is_image(entry.name, extensions):
-                out.append(str(Path(entry.path).absolute()))
-        return out
-    for dirpath, dirnames, filenames in os.walk(folder, followlinks=True):
-        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
-        for fn in sorted(filenames):
-            if _is_image(fn, extensions):
-                out.append(str(Path(dirpath, fn).absolute()))
+    seen: set[tuple[int, int]] = set()
+
+    def outside(entry: os.DirEntry) -> bool:
+        if allow_outside_root or not entry.is_symlink():
+            return False
+        real = os.path.realpath(entry.path)
+        return not (real == real_top or real.startswith(real_top.rstrip(os.sep) + os.sep))
+
+    def visit(d: str) -> None:
+        try:
+            dst = os.stat(d)
+        except OSError:
+            return
+        key = (dst.st_dev, dst.st_ino)
+        if key in seen:
+            st["dirs_revisited_skipped"] += 1
+            return
+        seen.add(key)
+        st["dirs"] += 1
+        with os.scandir(d) as it:
+            entries = sorted(it, key=lambda e: e.name)
+        subdirs = []
+        for e in entries:
+            if e.name.startswith("."):
+                continue
+            try:
+                is_dir = e.is_dir()  # follows symlinks
+            except OSError:
+                is_dir = False
+            if is_dir:
+                if recursive:
+                    if outside(e):
+                        raise DataError(
+                            f"{e.path}: symlinked folder points outside {real_top} (to "
+                            f"{os.path.realpath(e.path)}); {OUTSIDE_ROOT_FIX}"
+                        )
+                    subdirs.append(e.path)
+                continue
+            if not _is_image(e.name, extensions):
+                continue
+            try:
+                mode = e.stat().st_mode  # follows symlinks
+            except OSError:
+                st["broken_links_skipped"] += 1
+                log.warning("skipping %s: a broken symlink", e.path)
+                continue
+            if not stat.S_ISREG(mode):
+                st["non_regular_skipped"] += 1
+                log.warning("skipping %s: not a regular file (a FIFO, socket or device)", e.path)
+                continue
+            if outside(e):
+                raise DataError(
+                    f"{e.path}: symlink points outside {real_top} (to {os.path.realpath(e.path)}); "
+                    f"{OUTSIDE_ROOT_FIX}"
+                )
+            out.append(str(Path(e.path).absolute()))
+            st["files"] += 1
+        for sd in subdirs:
+            visit(sd)
+
+    visit(str(top))
     return out
 
 
@@ -73,16 +162,31 @@ def _class_dirs(root: Path) -> list[str]:
     return sorted(e.name for e in os.scandir(root) if e.is_dir() and not e.name.startswith("."))
 
 
+def _read_classnames(classnames: Sequence[str] | str | os.PathLike | ClassNames | None) -> ClassNames | None:
+    """A ClassNames, or None; a string is a built-in set name or a class-name file."""
+    if classnames is None or isinstance(classnames, ClassNames):
+        return classnames
+    if isinstance(classnames, (str, os.PathLike)):
+        return read_classnames(classnames)
+    names = [str(c) for c in classnames]
+    return ClassNames(names=names, sha256="", origin="the class-name list")
+
+
+def _classnames_meta(cn: ClassNames | None) -> dict[str, Any]:
+    if cn is None or not cn.sha256:
+        return {}
+    spec = cn.origin.removeprefix("built-in:")  # what read_classnames reads again (e.g. for --train)
+    return {"classnames_origin": cn.origin, "classnames_sha256": cn.sha256, "classnames_spec": spec}
+
+
 def _resolve_classnames(
-    classnames: Sequence[str] | str | os.PathLike | None,
+    classnames: Sequence[str] | str | os.PathLike | ClassNames | None,
 ) -> tuple[list[str] | None, dict[str, Any]]:
     """A list is used as is; a string is a built-in set name or a class-name file."""
-    if classnames is None:
+    cn = _read_classnames(classnames)
+    if cn is None:
         return None, {}
-    if isinstance(classnames, (str, os.PathLike)):
-        cn = read_classnames(classnames)
-        return list(cn.names), {"classnames_origin": cn.origin, "classnames_sha256": cn.sha256}
-    return [str(c) for c in classnames], {}
+    return list(cn.names), _classnames_meta(cn)
 
 
 def _require_dir(root: str | os.PathLike, what: str) -> Path:
@@ -106,21 +210,33 @@ def _require_file(path: str | os.PathLike, what: str) -> Path:
 
 def image_folder(
     root: str | os.PathLike,
-    classnames: Sequence[str] | str | None = None,
+    classnames: Sequence[str] | str | ClassNames | None = None,
     extensions: Sequence[str] = IMAGE_EXTENSIONS,
     classes: Sequence[str] | None = None,
     name: str | None = None,
+    *,
+    classnames_order: str | None = None,
+    allow_outside_root: bool = False,
 ) -> ImageSource:
-    """One subfolder per class; label = position of the subfolder in sorted order.
+    """One subfolder per class; class names are mapped onto the folders *by name*.
 
     Args:
         root: folder holding one subfolder per class (images may sit in nested folders).
-        classnames: names in label order (a list, a built-in set name or a file); default: the
-            folder names with ``_`` replaced by a space.
+        classnames: a list, a built-in set name or a class-name file; default: the folder names
+            with ``_`` replaced by a space. Mapped by name (see
+            :func:`vlmood.data.classnames.assign_folders`): the names are the folder names (any
+            order), or the file maps folders (``folder<TAB>name``, JSON dict, ``wnid name``), or the
+            folders are class indices. Labels index these names.
         extensions: file suffixes counted as images (case-insensitive).
-        classes: use only these subfolders, in this order (label = position in this list), e.g.
-            ImageNet WordNet ids for a class subset; missing subfolders raise DataError.
+        classes: use only these subfolders, in this order, e.g. ImageNet WordNet ids for a class
+            subset; missing subfolders raise DataError. A bare name list follows this order.
         name: source name; default: the folder name.
+        classnames_order: ``"sorted"`` gives a bare name list that is not the folder names to the
+            sorted folders by position (otherwise it is refused).
+        allow_outside_root: follow symlinks that lead outside ``root``.
+
+    ``meta["classnames_mapping"]`` records how names met folders; ``meta["walk"]`` counts the
+    files read and what was skipped (non-regular files, broken links, directories seen twice).
     """
     rootp = _require_dir(root, "image folder")
     if classes is None:
@@ -137,23 +253,31 @@ def image_folder(
                 f"image folder {rootp.absolute()} lacks {len(missing)} of {len(folders)} class "
                 f"subfolders: {', '.join(missing[:10])}{' ...' if len(missing) > 10 else ''}"
             )
-    names, meta = _resolve_classnames(classnames)
-    if names is None:
-        names = [f.replace("_", " ") for f in folders]
-    elif len(names) != len(folders):
-        raise DataError(
-            f"image folder {rootp.absolute()} has {len(folders)} class subfolders but "
-            f"{len(names)} class names were given"
-        )
+        bad = [c for c in folders if os.sep in c or c in ("..", ".")]
+        if bad and not allow_outside_root:
+            raise DataError(f"image folder {rootp.absolute()}: class {bad[0]!r} is not a subfolder name")
+    cn = _read_classnames(classnames)
+    names, folder_labels, how = assign_folders(
+        folders, cn, str(rootp.absolute()), order=classnames_order, explicit_classes=classes is not None
+    )
+    meta = _classnames_meta(cn)
+    stats = WalkStats()
     samples: list[ImageSample] = []
-    for label, folder in enumerate(folders):
-        files = _walk_images(rootp / folder, extensions)
+    for label, folder in zip(folder_labels, folders):
+        files = _walk_images(rootp / folder, extensions, stats=stats, allow_outside_root=allow_outside_root)
         if not files:
             raise DataError(
                 f"class folder {(rootp / folder).absolute()} has no images ({', '.join(extensions)})"
             )
         samples.extend(ImageSample(path=f, label=label) for f in files)
-    meta.update(root=str(rootp.absolute()), class_folders=list(folders))
+    samples.sort(key=lambda smp: smp.label)  # label order = class-name order (stable within a class)
+    meta.update(
+        root=str(rootp.absolute()),
+        class_folders=list(folders),
+        folder_labels=dict(zip(folders, folder_labels)),
+        classnames_mapping=how,
+        walk=dict(stats),
+    )
     return ImageSource(
         name=name or rootp.absolute().name,
         samples=samples,
@@ -169,10 +293,15 @@ def flat_folder(
     extensions: Sequence[str] = IMAGE_EXTENSIONS,
     recursive: bool = False,
     name: str | None = None,
+    *,
+    allow_outside_root: bool = False,
 ) -> ImageSource:
     """All images directly in ``root`` (or below it with ``recursive``), unlabelled (label -1)."""
     rootp = _require_dir(root, "image folder")
-    files = _walk_images(rootp, extensions, recursive=recursive)
+    stats = WalkStats()
+    files = _walk_images(
+        rootp, extensions, recursive=recursive, stats=stats, allow_outside_root=allow_outside_root
+    )
     if not files:
         raise DataError(f"image folder {rootp.absolute()} has no images ({', '.join(extensions)})")
     return ImageSource(
@@ -181,19 +310,23 @@ def flat_folder(
         classnames=None,
         kind="folder",
         origin=str(rootp.absolute()),
-        meta={"root": str(rootp.absolute()), "flat": True},
+        meta={"root": str(rootp.absolute()), "flat": True, "walk": dict(stats)},
     )
 
 
 def image_list(
     list_file: str | os.PathLike,
     root: str | os.PathLike | None = None,
-    classnames: Sequence[str] | str | None = None,
+    classnames: Sequence[str] | str | ClassNames | None = None,
     name: str | None = None,
+    *,
+    allow_outside_root: bool = False,
 ) -> ImageSource:
     """Read an image list: lines ``relative/path [label [extra ...]]`` (OpenOOD, MOS lists).
 
-    Paths are relative to ``root`` (default: the list file's folder). A missing label gives -1.
+    Paths are relative to ``root`` (default: the list file's folder) and must stay under it
+    (``..`` or an absolute path elsewhere raises DataError naming ``file:line``) unless
+    ``allow_outside_root``. A missing label gives -1; labels index ``classnames`` in order.
     Extra columns after the label are ignored (OpenOOD may append JSON). Blank lines and lines
     starting with ``#`` are skipped. A label that is not an integer raises DataError naming
     ``file:line``. Paths containing spaces are not supported.
@@ -202,7 +335,7 @@ def image_list(
     rootp = Path(root) if root is not None else lf.absolute().parent
     names, meta = _resolve_classnames(classnames)
     samples: list[ImageSample] = []
-    with open(lf, encoding="utf-8") as f:
+    with open(lf, encoding="utf-8", errors="surrogateescape") as f:
         for lineno, raw in enumerate(f, 1):
             line = raw.strip()
             if not line or line.startswith("#"):
@@ -221,10 +354,13 @@ def image_list(
                     raise DataError(f"{lf}:{lineno}: label {label} is negative (use -1 or omit it)")
                 if names is not None and label >= len(names):
                     raise DataError(f"{lf}:{lineno}: label {label} is out of range for {len(names)} classes")
-            samples.append(ImageSample(path=resolve(tokens[0], rootp), label=label))
+            path = resolve(tokens[0], rootp, what=f"{lf}:{lineno}", allow_outside_root=allow_outside_root)
+            samples.append(ImageSample(path=path, label=label))
     if not samples:
         raise DataError(f"image list {lf.absolute()} has no entries")
     meta.update(root=str(rootp.absolute()), list_file=str(lf.absolute()))
+    if names is not None:
+        meta["classnames_mapping"] = "label-index"
     return ImageSource(
         name=name or lf.stem,
         samples=samples,
@@ -259,14 +395,17 @@ def csv_source(
     path_col: str | None = None,
     label_col: str | None = "label",
     caption_col: str | None = None,
-    classnames: Sequence[str] | str | None = None,
+    classnames: Sequence[str] | str | ClassNames | None = None,
     name: str | None = None,
+    *,
+    allow_outside_root: bool = False,
 ) -> ImageSource:
     """Read a CSV with a header row: an image path column, optional label and caption columns.
 
     Args:
         csv_file: the CSV file.
-        root: folder relative paths are taken from; default: the CSV's folder.
+        root: folder relative paths are taken from; default: the CSV's folder. Paths must stay
+            under it unless ``allow_outside_root``.
         path_col: path column; default: the first of path, filepath, file, filename, image.
         label_col: label column (int indices or class-name strings); absent column or empty
             cell -> -1. String labels map through ``classnames``; without ``classnames`` the
@@ -278,7 +417,7 @@ def csv_source(
     cf = _require_file(csv_file, "CSV file")
     rootp = Path(root) if root is not None else cf.absolute().parent
     names, meta = _resolve_classnames(classnames)
-    with open(cf, encoding="utf-8-sig", newline="") as f:
+    with open(cf, encoding="utf-8-sig", errors="surrogateescape", newline="") as f:
         reader = csv.DictReader(f)
         header = list(reader.fieldnames or [])
         if not header:
@@ -317,10 +456,13 @@ def csv_source(
         else:
             raise DataError(f"{cf}:{lineno}: label {raw!r} is not one of the class names")
         caption = ((row.get(ccol) or "").strip() or None) if ccol else None
-        samples.append(ImageSample(path=resolve(row[pcol].strip(), rootp), label=label, caption=caption))
+        path = resolve(row[pcol].strip(), rootp, what=f"{cf}:{lineno}", allow_outside_root=allow_outside_root)
+        samples.append(ImageSample(path=path, label=label, caption=caption))
     if not samples:
         raise DataError(f"CSV file {cf.absolute()} has no rows")
     meta.update(root=str(rootp.absolute()), csv_file=str(cf.absolute()))
+    if names is not None:
+        meta["classnames_mapping"] = "by-name" if string_labels else "label-index"
     return ImageSource(
         name=name or cf.stem,
         samples=samples,
@@ -352,7 +494,7 @@ def guess_kind(path: str | os.PathLike, extensions: Sequence[str] = IMAGE_EXTENS
     p = Path(path)
     if p.is_dir():
         for d in _class_dirs(p):
-            if any(True for _ in _walk_images(p / d, extensions)):
+            if _walk_images(p / d, extensions, allow_outside_root=True):  # the real check comes later
                 return "folder"
         return "flat"
     suffix = p.suffix.lower()
@@ -371,9 +513,12 @@ def guess_kind(path: str | os.PathLike, extensions: Sequence[str] = IMAGE_EXTENS
 def load_source(
     spec: str | os.PathLike,
     root: str | os.PathLike | None = None,
-    classnames: Sequence[str] | str | None = None,
+    classnames: Sequence[str] | str | ClassNames | None = None,
     name: str | None = None,
     classes: Sequence[str] | None = None,
+    *,
+    classnames_order: str | None = None,
+    allow_outside_root: bool = False,
 ) -> ImageSource:
     """Open a dataset from a path, guessing its kind unless a prefix forces it.
 
@@ -381,6 +526,8 @@ def load_source(
     :func:`flat_folder`; ``*.txt``/``*.lst`` -> :func:`image_list` (``root`` = image root,
     default the list's folder); ``*.csv`` -> :func:`csv_source`. Prefixes ``folder:``, ``flat:``,
     ``list:``, ``csv:`` force the kind. ``classes`` restricts a class folder to those subfolders.
+    ``classnames_order="sorted"`` opts a class folder into positional names;
+    ``allow_outside_root`` lets list/CSV entries and symlinks leave their root.
     """
     kind, path = split_kind(str(spec))
     if kind is None:
@@ -388,16 +535,58 @@ def load_source(
     if classes is not None and kind != "folder":
         raise DataError(f"{path}: a class subset (classes/wnids) needs a class folder, not a {kind} source")
     if kind == "folder":
-        return image_folder(path, classnames=classnames, classes=classes, name=name)
+        return image_folder(
+            path,
+            classnames=classnames,
+            classes=classes,
+            name=name,
+            classnames_order=classnames_order,
+            allow_outside_root=allow_outside_root,
+        )
     if kind == "flat":
-        src = flat_folder(path, name=name)
+        src = flat_folder(path, name=name, allow_outside_root=allow_outside_root)
         if classnames is not None:
             src.classnames, meta = _resolve_classnames(classnames)
             src.meta.update(meta)
         return src
     if kind == "list":
-        return image_list(path, root=root, classnames=classnames, name=name)
-    return csv_source(path, root=root, classnames=classnames, name=name)
+        return image_list(
+            path, root=root, classnames=classnames, name=name, allow_outside_root=allow_outside_root
+        )
+    return csv_source(
+        path, root=root, classnames=classnames, name=name, allow_outside_root=allow_outside_root
+    )
+
+
+def check_files_exist(source: ImageSource, label: str | None = None, allow_missing: bool = False) -> int:
+    """Check, before any DataLoader worker starts, that a list/CSV source's files exist.
+
+    Folder sources were walked, so they exist. Raises DataError when none exist (always: the
+    root is wrong) or when some are missing and ``allow_missing`` is false; returns the number
+    missing (recorded in ``source.meta["n_missing"]``).
+    """
+    if source.kind not in ("list", "csv"):
+        return 0
+    missing = [s.path for s in source.samples if not os.path.isfile(s.path)]
+    source.meta["n_missing"] = len(missing)
+    if not missing:
+        return 0
+    root = source.meta.get("root", "")
+    n = len(source)
+    what = f"set {label or source.name!r}"
+    eg = ", ".join(repr(m) for m in missing[:2])
+    if len(missing) == n:
+        raise DataError(
+            f"0 of {n} images of {what} exist under {root} (e.g. {eg}); the list's paths are relative "
+            f"to the image root: pass --root DIR (the folder they are relative to) or fix {source.origin}"
+        )
+    if not allow_missing:
+        raise DataError(
+            f"{len(missing)} of {n} images of {what} are missing under {root} (e.g. {eg}); fix "
+            f"{source.origin} or pass --skip-corrupt to skip them (recorded in results.json)"
+        )
+    log.warning("%s: %d of %d listed images are missing; they will be skipped", what, len(missing), n)
+    return len(missing)
 
 
 # --------------------------------------------------------------------------- decoding
@@ -429,7 +618,15 @@ def open_image(path: str | os.PathLike) -> Image.Image:
 
     Raises CorruptImageError naming the file on any decode error (unknown format, truncated
     or empty file, missing file).
+    A path that is not a regular file (a FIFO, socket or device named ``x.png``) is refused
+    before it is opened (opening a FIFO blocks forever).
     """
+    try:
+        mode = os.stat(path).st_mode
+    except OSError as e:
+        raise CorruptImageError(path, f"{type(e).__name__}: {e.strerror or e}") from e
+    if not stat.S_ISREG(mode):
+        raise CorruptImageError(path, "not a regular file (a FIFO, socket, device or folder)")
     try:
         with Image.open(path) as img:
             img.load()
@@ -462,6 +659,10 @@ class ImageDataset(_TorchDataset):
     With ``skip_corrupt=False`` an unreadable file raises CorruptImageError. With
     ``skip_corrupt=True`` it yields a zero tensor shaped like a transformed image and
     ``ok=False`` (and logs a warning); the caller records the skipped indices.
+    With ``report_errors=True`` items are ``(tensor, index, ok, error)`` and an unreadable file
+    never raises: ``error`` is the CorruptImageError's message ("" when readable), so the process
+    that iterates a multi-worker DataLoader can raise the plain error itself (an exception raised
+    in a worker reaches it wrapped in the worker's traceback).
     Without a transform, images become CxHxW float tensors in [0, 1] (sizes then vary, and the
     placeholder for a skipped image is 3x224x224).
     """
@@ -472,11 +673,13 @@ class ImageDataset(_TorchDataset):
         transform: Callable[[Image.Image], Any] | None = None,
         skip_corrupt: bool = False,
         placeholder_size: tuple[int, int] = (224, 224),
+        report_errors: bool = False,
     ) -> None:
         self.name = source.name
         self.samples = list(source.samples)
         self.transform = transform
         self.skip_corrupt = skip_corrupt
+        self.report_errors = report_errors
         self.placeholder_size = placeholder_size
         self._placeholder = None
 
@@ -505,11 +708,15 @@ class ImageDataset(_TorchDataset):
         try:
             img = open_image(sample.path)
         except CorruptImageError as e:
+            if self.report_errors:
+                if self.skip_corrupt:
+                    log.warning("skipping unreadable image %s (%s)", sample.path, e)
+                return self.placeholder(), i, False, str(e)
             if not self.skip_corrupt:
                 raise
             log.warning("skipping unreadable image %s (%s)", sample.path, e)
             return self.placeholder(), i, False
-        return self._apply(img), i, True
+        return (self._apply(img), i, True, "") if self.report_errors else (self._apply(img), i, True)
 
     def __getstate__(self) -> dict[str, Any]:
         state = dict(self.__dict__)
