@@ -106,9 +106,36 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
 
 def _add_data_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--benchmark", help="packaged benchmark name (`vlmood data list`) or a YAML file")
-    p.add_argument("--root", help="data root the benchmark's paths are relative to")
+    p.add_argument(
+        "--root",
+        help="data root the benchmark's paths are relative to; also the image root of list/CSV files "
+        "given to --id/--ood/--train (default: each list's own folder)",
+    )
     p.add_argument("--id", dest="id_data", help="ID set: image folder, image list (.txt) or CSV")
-    p.add_argument("--classnames", help="class-name file or built-in set (default: the ID folder names)")
+    p.add_argument(
+        "--classnames",
+        help="class-name file or built-in set (default: the ID folder names); mapped onto class folders "
+        "by name: the folder names in any order, or 'folder<TAB>name' lines, or a JSON dict folder -> name",
+    )
+    p.add_argument(
+        "--classnames-order",
+        choices=["by-name", "sorted"],
+        default=None,
+        help="sorted: give a bare class-name list that is not the folder names to the sorted class "
+        "folders by position (refused otherwise; the mapping used is recorded in results.json)",
+    )
+    p.add_argument(
+        "--allow-outside-root",
+        action="store_true",
+        help="let list/CSV entries, benchmark set paths, class-name/template files and symlinks point "
+        "outside their data root (refused by default)",
+    )
+    p.add_argument(
+        "--sets",
+        default=None,
+        metavar="NAME,...",
+        help="read only the ID set and these benchmark sets (names or keys, e.g. ninco,textures)",
+    )
     p.add_argument(
         "--ood",
         action="append",
@@ -224,7 +251,11 @@ def build_parser() -> argparse.ArgumentParser:
     ft.add_argument("--seed", type=int, default=None)
     ft.add_argument("--epochs", type=int, default=None, help="override the method's paper default")
     ft.add_argument(
-        "--train-batch-size", type=int, default=None, help="override the paper default batch size"
+        "--train-batch-size",
+        type=int,
+        default=None,
+        help="override the paper default batch size; under torchrun the global batch, split evenly "
+        "over the processes",
     )
     ft.add_argument("--lr", type=float, default=None, help="override the paper default learning rate")
     ft.add_argument("--param", action="append", default=[], metavar="KEY=VALUE", help="method parameter")
@@ -233,6 +264,9 @@ def build_parser() -> argparse.ArgumentParser:
     ft.add_argument(
         "--tensorboard", action="store_true", help="also log TensorBoard events to OUT/train/tensorboard"
     )
+    for action in ft._actions:  # eval-only data options: hidden here, refused by cmd_fit
+        if action.dest in _FIT_UNUSED:
+            action.help = argparse.SUPPRESS
 
     st = sub.add_parser(
         "study",
@@ -284,6 +318,11 @@ def build_parser() -> argparse.ArgumentParser:
     ch = dsub.add_parser("check", help="say which files of a benchmark are missing under --root")
     ch.add_argument("benchmark")
     ch.add_argument("--root", default=None, help="data root (default: the YAML's data_root or folder)")
+    ch.add_argument(
+        "--allow-outside-root",
+        action="store_true",
+        help="allow paths that leave the data root (refused by default)",
+    )
     dsub.add_parser("list", help="list packaged benchmarks")
     pr = dsub.add_parser("prepare", help="turn an offline source (npm/apt/pip package) into a vlmood dataset")
     pr.add_argument(
@@ -319,6 +358,10 @@ def _build_sets(args: argparse.Namespace):
         classnames=args.classnames,
         ood=args.ood,
         train=args.train,
+        classnames_order=getattr(args, "classnames_order", None),
+        allow_outside_root=getattr(args, "allow_outside_root", False),
+        only=getattr(args, "sets", None),
+        skip_missing=getattr(args, "skip_corrupt", False),
     )
 
 
@@ -431,7 +474,7 @@ def cmd_cache(args: argparse.Namespace) -> int:
                 f"keys {fs.keys}"
             )
     templates, _ = _templates(args, sets)
-    class_text_features(model, es.classnames, templates, args.cache_dir)
+    class_text_features(model, es.classnames, templates, args.cache_dir, progress=not args.no_progress)
     return 0
 
 
@@ -495,44 +538,75 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_fit(args: argparse.Namespace) -> int:
-    from vlmood.methods import create_method, fit_method
+#: options _add_data_args gives every data command that fit does not use: refused, never ignored
+_FIT_UNUSED = {"ood": "--ood", "sets": "--sets"}
 
-    params = {}
-    for text in args.param:
-        if "=" not in text:
-            raise ValueError(f"--param {text!r} is not KEY=VALUE")
-        k, _, v = text.partition("=")
-        params[k.strip()] = _scalar(v.strip())
-    method = create_method(args.method, **params)
+
+def _refuse_unused_fit_options(args: argparse.Namespace) -> None:
+    from vlmood.errors import UsageError
+
+    for dest, flag in _FIT_UNUSED.items():
+        if getattr(args, dest, None):
+            raise UsageError(
+                f"fit does not use {flag}: it trains on the training images only (--id/--train, or the "
+                f"benchmark's train split); OOD sets belong to `vlmood eval`. Drop {flag}"
+            )
+
+
+def cmd_fit(args: argparse.Namespace) -> int:
+    """``vlmood fit METHOD``: training data from its own resolver (no OOD sets needed); under
+    torchrun a real DDP run (``--train-batch-size`` is the global batch, rank 0 writes --out)."""
+    from vlmood import distributed as D
+    from vlmood.methods import create_method, fit_method
+    from vlmood.methods.base import check_shots
+    from vlmood.params import parse_kv
+    from vlmood.train.data import training_source
+    from vlmood.train.engine import rank_batch_size
+
+    _refuse_unused_fit_options(args)
+    params = dict(parse_kv(text, "--param") for text in args.param)
+    method = create_method(args.method, **params)  # unknown names and wrong types refused here
     given = {"epochs": args.epochs, "batch_size": args.train_batch_size, "lr": args.lr}
     cfg = method.default_config(**{k: v for k, v in given.items() if v is not None})
     if args.seed is not None:
         cfg.seed = args.seed
     cfg.tensorboard = bool(args.tensorboard)
-    es = _build_sets(args).eval_sets if (args.benchmark or args.id_data) else None
-    if es is None:
-        raise ValueError(
-            "pass --benchmark (its train split is used) or --id/--train with the training images"
-        )
-    data = es.train if es.train is not None else es.id
+    if args.workers is not None:
+        cfg.num_workers = args.workers  # the training DataLoader (images each step: UEO, augment)
+    cfg.check()
+    check_shots(args.shots)
+    D.init_distributed()
+    rank_batch_size(cfg)  # the global batch must split over the torchrun processes
+    ts = training_source(
+        benchmark=args.benchmark,
+        root=args.root,
+        id_data=args.id_data,
+        train=args.train,
+        classnames=args.classnames,
+        classnames_order=getattr(args, "classnames_order", None),
+        allow_outside_root=getattr(args, "allow_outside_root", False),
+        skip_missing=args.skip_corrupt,
+    )
+    if D.is_initialized() and _auto_device(args.device) == "cuda":
+        args.device = str(D.default_device())  # one GPU per rank (LOCAL_RANK)
     model = _load_model(args)
     out = fit_method(
         args.method,
         model,
-        data,
+        ts.source,
         args.out,
         cfg,
         params,
         shots=args.shots,
         seed=args.seed,
-        classnames=es.classnames,
+        classnames=ts.classnames,
         cache_root=args.cache_dir,
         progress=not args.no_progress,
         resume=args.resume,
         extract_options=_extract_options(args),
     )
-    print(f"adapter: {out}\nevaluate: vlmood eval --model {args.model} --adapter {out} ...")
+    if D.is_main():
+        print(f"adapter: {out}\nevaluate: vlmood eval --model {args.model} --adapter {out} ...")
     return 0
 
 
@@ -627,7 +701,9 @@ def cmd_data(args: argparse.Namespace) -> int:
     if args.data_cmd == "check":
         from vlmood.data.benchmarks import check_benchmark, format_check_report, load_benchmark
 
-        report = check_benchmark(load_benchmark(args.benchmark), args.root)
+        report = check_benchmark(
+            load_benchmark(args.benchmark), args.root, allow_outside_root=args.allow_outside_root
+        )
         print(format_check_report(report))
         return 0 if report_ok(report) else 1
     if args.data_cmd == "list":

@@ -256,6 +256,8 @@ def run_study(
         for seed in cfg.seeds:
             method = create_method(name, **cfg.params.get(name, {}))
             tc = _train_config(method, cfg, seed)
+            # the model's precision is the training precision (fit_method runs and records it)
+            tc = dataclasses.replace(tc, precision=str(base.identity.precision))
             ad_dir = out / "adapters" / name / f"seed{seed}"
             shots = cfg.shots if method.needs_labels else None
             # what decides the adapter: method, its hyperparameters, training settings, data draw

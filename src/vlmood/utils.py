@@ -1,12 +1,17 @@
-"""Small shared helpers: atomic writes, hashing, canonical JSON."""
+"""Small shared helpers: atomic writes (temp files named with their writer), hashing, canonical JSON."""
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import json
 import os
+import re
+import shutil
+import socket
 import tempfile
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -33,12 +38,129 @@ def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
     return h.hexdigest()
 
 
+def blake2b_file(path: str | os.PathLike, chunk: int = 1 << 22) -> str:
+    """blake2b (32-byte digest) of a file's bytes: the cache's integrity check (~1 GB/s)."""
+    h = hashlib.blake2b(digest_size=32)
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _host() -> str:
+    return re.sub(r"[^A-Za-z0-9_-]", "_", socket.gethostname())[:40] or "host"
+
+
+def temp_prefix(name: str) -> str:
+    """``.NAME.PID@HOST.``: the prefix of every temporary file or folder vlmood writes beside NAME,
+    so :func:`sweep_stale_temps` can tell the writer (a killed writer leaves its temp behind)."""
+    return f".{name}.{os.getpid()}@{_host()}."
+
+
+_TEMP_RE = re.compile(r"^\..+\.(\d+)@([A-Za-z0-9_-]+)\.[^.]+\.tmp$")
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    except OSError:
+        return True
+    return True
+
+
+def sweep_stale_temps(
+    directory: str | os.PathLike, max_age_s: float = 24 * 3600, name: str | None = None
+) -> list[Path]:
+    """Remove the temporary files and folders (``.*.tmp``; with ``name``, only the temporaries of
+    that file or folder, ``.NAME.*.tmp``) a killed writer left in ``directory``.
+
+    A temp named by :func:`temp_prefix` whose writer process (on this host) is gone is stale at
+    once; any other temp (another host, an old unnamed one, a live pid that may be a reused one)
+    only when it is older than ``max_age_s``. Returns what was removed.
+    """
+    d = Path(directory)
+    removed: list[Path] = []
+    try:
+        candidates = list(d.glob(f".{glob_escape(name)}.*.tmp" if name else ".*.tmp"))
+    except OSError:
+        return removed
+    now = time.time()
+    host = _host()
+    for p in candidates:
+        m = _TEMP_RE.match(p.name)
+        try:
+            age = now - p.lstat().st_mtime
+        except OSError:
+            continue
+        stale = age > max_age_s
+        if m and m.group(2) == host and int(m.group(1)) != os.getpid():
+            stale = stale or not _pid_alive(int(m.group(1)))
+        if not stale:
+            continue
+        try:
+            if p.is_dir() and not p.is_symlink():
+                shutil.rmtree(p)
+            else:
+                p.unlink()
+            removed.append(p)
+        except FileNotFoundError:
+            pass
+        except OSError:
+            continue
+    return removed
+
+
+def glob_escape(name: str) -> str:
+    return re.sub(r"([*?\[])", r"[\1]", name)
+
+
+def replace_dir(staging: str | os.PathLike, final: str | os.PathLike) -> None:
+    """Move the completed folder ``staging`` to ``final``: an existing ``final`` is renamed aside
+    first, the new one renamed in, then the old one deleted (readers see the old folder or the new
+    one, never a mix; a kill between the two renames leaves no ``final`` and the old folder under a
+    temp name that :func:`sweep_stale_temps` removes)."""
+    staging, final = Path(staging), Path(final)
+    for _ in range(20):
+        aside = None
+        if final.exists() or final.is_symlink():
+            aside = final.parent / f"{temp_prefix(final.name)}old{os.urandom(4).hex()}.tmp"
+            try:
+                os.rename(final, aside)
+            except FileNotFoundError:
+                continue  # another process moved it meanwhile
+        try:
+            os.rename(staging, final)
+        except OSError as e:
+            if aside is not None:
+                with contextlib.suppress(OSError):
+                    os.rename(aside, final)
+            if e.errno in (errno.ENOTEMPTY, errno.EEXIST):
+                continue  # another process put its own folder in place meanwhile: go again
+            raise
+        if aside is not None:
+            shutil.rmtree(aside, ignore_errors=True)
+        return
+    raise OSError(errno.EBUSY, f"could not move {staging} to {final}: other processes keep replacing it")
+
+
+def is_disk_full(e: BaseException) -> bool:
+    """An OSError meaning the file system (or the user's quota) is full."""
+    return isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
-    """Yield a temporary path beside ``path``; rename it onto ``path`` only if the block succeeds."""
+    """Yield a temporary path beside ``path``; rename it onto ``path`` only if the block succeeds.
+
+    The temp file is ``.NAME.PID@HOST.XXXX.tmp`` (:func:`temp_prefix`): a kill -9 leaves it, and
+    :func:`sweep_stale_temps` removes it once its writer is gone."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=temp_prefix(path.name), suffix=".tmp", dir=path.parent)
     os.close(fd)
     tmp_path = Path(tmp)
     umask = os.umask(0)

@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
+import tempfile
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -27,18 +29,27 @@ import numpy as np
 from vlmood import distributed as D
 from vlmood import metrics as M
 from vlmood.data.base import ImageSource
+from vlmood.errors import RunError, UsageError
 from vlmood.eval import heads as H
 from vlmood.eval.provenance import environment_info
 from vlmood.features.extract import (
     FeatureSet,
     cache_info,
     class_text_features,
-    encode_texts,
     extract_features,
 )
+from vlmood.features.text import TextEncoder
 from vlmood.models.base import VLM
 from vlmood.scores import ScoreContext
-from vlmood.utils import atomic_path, atomic_write_json, sha256_text
+from vlmood.utils import (
+    atomic_path,
+    atomic_write_json,
+    is_disk_full,
+    replace_dir,
+    sha256_text,
+    sweep_stale_temps,
+    temp_prefix,
+)
 
 log = logging.getLogger(__name__)
 
@@ -73,6 +84,11 @@ class EvalSets:
     held_out: list[LabelledSet] = field(default_factory=list)
     classnames_origin: str = ""
     benchmark: str | None = None
+    # how the ID class names met the data (by-name, mapping, wnid, folder-index, sorted-order,
+    # folder-names, label-index...; vlmood.data.classnames.assign_folders) and input warnings
+    # (train = ID test files, an OOD set overlapping the ID set, duplicate class names)
+    classnames_mapping: str = ""
+    warnings: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -192,6 +208,39 @@ def _dataset_record(fs: FeatureSet, group: str | None = None) -> dict[str, Any]:
     return rec
 
 
+#: what a run writes into its output folder (and `vlmood report --out OUT/report`, as the demo
+#: does): an existing --out holding only these is an earlier run, replaced as a whole
+RUN_OUTPUTS = ("results.json", "scores", "artifacts", "report")
+
+
+def check_out_dir(out_dir: str | os.PathLike) -> Path:
+    """The folder a run will replace as a whole (a symlink is followed). Refused before any work:
+    an existing file, and a folder holding anything but an earlier run's outputs (replacing it
+    would delete those files)."""
+    out = Path(out_dir).absolute()
+    if out.is_symlink():
+        out = out.resolve()
+    if out.exists() and not out.is_dir():
+        raise UsageError(
+            f"--out {out} is an existing file, not a folder; give a folder path "
+            f"(results.json and scores/ are written inside it)"
+        )
+    if out.is_dir():
+        try:
+            names = sorted(p.name for p in out.iterdir())
+        except OSError as e:
+            raise UsageError(f"--out {out} cannot be read ({e.strerror}); choose another folder") from e
+        # (temporaries a killed writer left inside an earlier run's folder go with it)
+        other = [n for n in names if n not in RUN_OUTPUTS and not (n.startswith(".") and n.endswith(".tmp"))]
+        if other:
+            shown = ", ".join(other[:3]) + (f" and {len(other) - 3} more" if len(other) > 3 else "")
+            raise UsageError(
+                f"--out {out} holds files that are not a vlmood run's outputs ({shown}); a run replaces "
+                f"its --out folder as a whole when it completes: choose a new or empty folder"
+            )
+    return out
+
+
 def run_eval(
     model: VLM,
     sets: EvalSets,
@@ -199,10 +248,58 @@ def run_eval(
     out_dir: str | os.PathLike,
     opts: EvalOptions,
 ) -> dict[str, Any]:
-    """Evaluate every score on ``sets``; write results.json (+ raw scores) and return the results dict."""
+    """Evaluate every score on ``sets``; write results.json (+ raw scores) and return the results dict.
+
+    Outputs are written into a temporary sibling folder (``.OUT.PID@HOST.XXXX.tmp``) that replaces
+    ``out_dir`` only when the run is complete: a run that fails or is killed half way leaves the
+    previous run's folder as it was (and its temporary folder is swept by a later run).
+    """
+    final = check_out_dir(out_dir)
+    if not D.is_main():
+        return _run_eval(model, sets, scores, final, opts)  # only rank 0 writes
+    final.parent.mkdir(parents=True, exist_ok=True)
+    sweep_stale_temps(final.parent, name=final.name)  # temp folders of killed runs into this --out
+    staging = Path(tempfile.mkdtemp(prefix=temp_prefix(final.name), suffix=".tmp", dir=final.parent))
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(staging, 0o777 & ~umask)  # mkdtemp makes 0700; the run folder gets normal permissions
+    try:
+        results = _run_eval(model, sets, scores, staging, opts)
+        # paths recorded inside the results (e.g. NegLabel's mined labels) name the final folder
+        results = _retarget(results, str(staging), str(final))
+        atomic_write_json(staging / "results.json", results)
+        replace_dir(staging, final)
+    except BaseException as e:
+        shutil.rmtree(staging, ignore_errors=True)
+        if is_disk_full(e):
+            raise RunError(
+                f"no space left on device writing the results into {final}; free space or choose another --out"
+            ) from e
+        raise
+    return results
+
+
+def _retarget(obj: Any, old: str, new: str) -> Any:
+    """``obj`` with every string path under ``old`` moved under ``new``."""
+    if isinstance(obj, str):
+        return new + obj[len(old) :] if obj == old or obj.startswith(old + os.sep) else obj
+    if isinstance(obj, dict):
+        return {k: _retarget(v, old, new) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_retarget(v, old, new) for v in obj]
+    return obj
+
+
+def _run_eval(
+    model: VLM,
+    sets: EvalSets,
+    scores: Sequence[ScoreSpec],
+    out_dir: str | os.PathLike,
+    opts: EvalOptions,
+) -> dict[str, Any]:
+    """run_eval's work, writing into ``out_dir`` (the temporary folder on rank 0)."""
     t_start = time.perf_counter()
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
     names = [o.name for o in sets.ood]
     dup = sorted({n for n in names if names.count(n) > 1})
     if dup:
@@ -263,7 +360,9 @@ def run_eval(
     # adapter still what NegLabel mines its negatives against
     base_text = None
     if head_kind != "text" or adapter is None:
-        base_text = class_text_features(model, sets.classnames, opts.templates, opts.cache_dir)
+        base_text = class_text_features(
+            model, sets.classnames, opts.templates, opts.cache_dir, progress=opts.progress
+        )
     if adapter is None:
         head: H.ClassHead = H.TextHead(base_text, model.logit_scale)
     else:
@@ -296,6 +395,7 @@ def run_eval(
         "device": str(model.device),
         "classnames": {
             "origin": sets.classnames_origin,
+            "mapping": sets.classnames_mapping,
             "sha256": sha256_text("\n".join(sets.classnames)),
             "n": len(sets.classnames),
             "names": list(sets.classnames),
@@ -317,6 +417,7 @@ def run_eval(
             "feature_kinds": kinds,
         },
         "id_accuracy": id_accuracy,
+        "warnings": list(sets.warnings),
         "head": H.head_info(head),
         **({"adapter": opts.adapter_info} if opts.adapter_info else {}),
     }
@@ -338,8 +439,8 @@ def run_eval(
             extra_acc[kind_name] = recs
     results.update(extra_acc)
 
-    def encode_fn(texts: list[str]) -> np.ndarray:
-        return encode_texts(model, texts, opts.cache_dir)
+    # cached, length-sorted, with a progress bar for NegLabel's ~140k candidate prompts
+    encode_fn = TextEncoder(model, opts.cache_dir, progress=opts.progress)
 
     groups = {o.name: o.group for o in sets.ood}
     score_results: dict[str, Any] = {}
@@ -424,13 +525,16 @@ def _labelled_accuracy(model, sets: EvalSets, ls: LabelledSet, fs, head, adapter
             return accuracy(other), "adapter on new class names"
         if head.kind == "probe":
             return None, "none: a probe has no classifier for classes it was not trained on"
-    text = class_text_features(model, ls.classnames, opts.templates, opts.cache_dir)
+    text = class_text_features(model, ls.classnames, opts.templates, opts.cache_dir, progress=opts.progress)
     which = "zero-shot" if adapter is None else "zero-shot (the adapter does not transfer to new class names)"
     return zero_shot_accuracy(fs.get("image"), text, labels), which
 
 
 def _safe(label: str) -> str:
-    return "".join(c if c.isalnum() or c in "-_.=," else "_" for c in label)
+    """A file name for a score label (a long label, e.g. with an inline vocabulary, is cut and
+    made unique by a hash: file names are limited to 255 bytes, temp-file affixes included)."""
+    safe = "".join(c if c.isalnum() or c in "-_.=," else "_" for c in label)
+    return safe if len(safe) <= 120 else f"{safe[:100]}-{sha256_text(label)[:16]}"
 
 
 def format_table(results: dict[str, Any]) -> str:

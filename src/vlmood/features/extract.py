@@ -10,10 +10,11 @@ with the same cache.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -25,12 +26,15 @@ from torch.utils.data import DataLoader, Subset
 from vlmood import distributed as D
 from vlmood.data.base import ImageSource
 from vlmood.features.cache import (
+    BadChunksError,
+    CacheError,
     ImageEntry,
-    TextCache,
     default_cache_root,
     image_cache_key,
-    text_cache_key,
 )
+
+# text encoding lives in vlmood.features.text; re-exported here for existing imports
+from vlmood.features.text import class_text_features, encode_texts  # noqa: F401
 from vlmood.models.base import FEATURE_KINDS, VLM
 
 log = logging.getLogger(__name__)
@@ -83,14 +87,22 @@ def _iter_chunks(
     chunk_ids: Sequence[int],
     ranges: list[tuple[int, int]],
     kinds: Sequence[str],
+    on_error: Callable[[int, str], None] | None = None,
 ) -> Iterator[tuple[int, dict[str, np.ndarray], np.ndarray]]:
-    """Run the model over the loader (ordered over whole chunks) and yield finished chunks."""
+    """Run the model over the loader (ordered over whole chunks) and yield finished chunks.
+
+    The loader yields ``(images, index, ok, error)`` (``ImageDataset(report_errors=True)``);
+    ``on_error(index, message)`` is called for an image a worker could not decode (it raises)."""
     queue = list(chunk_ids)
     buf: dict[str, list[np.ndarray]] = {k: [] for k in kinds}
     buf_valid: list[np.ndarray] = []
     filled = 0
     non_blocking = model.device.type == "cuda"
-    for images, _idx, ok in loader:
+    for images, idx, ok, err in loader:
+        if on_error is not None and any(err):
+            # a worker could not decode an image: raise the plain error here in the main process
+            j = next(j for j, e in enumerate(err) if e)
+            on_error(int(idx[j]), err[j])
         images = images.to(model.device, non_blocking=non_blocking)
         with torch.inference_mode():
             out = model.encode_image_features(images, kinds)
@@ -120,6 +132,87 @@ def _iter_chunks(
                 filled = 0
 
 
+def _encode_missing(
+    model: VLM,
+    source: ImageSource,
+    entries: dict[str, ImageEntry],
+    todo: Sequence[str],
+    chunk_size: int,
+    batch_size: int,
+    num_workers: int | None,
+    skip_corrupt: bool,
+    progress: bool,
+    first: bool = True,
+) -> int:
+    """Encode the chunks no entry in ``todo`` has finished (collective under torchrun; rank 0
+    writes each chunk as it arrives). Returns the number of images this rank encoded."""
+    from tqdm.auto import tqdm
+
+    from vlmood.data.base import DataError
+    from vlmood.data.sources import ImageDataset, open_image
+
+    ranges = _chunk_ranges(len(source), chunk_size)
+    if D.is_main():
+        if first:
+            for k in todo:
+                entries[k].prepare(chunk_size)
+        done = set.intersection(*(entries[k].finished_chunks() for k in todo))
+        missing = [c for c in range(len(ranges)) if c not in done]
+    else:
+        missing = None
+    missing = D.broadcast_object(missing)
+    if not missing:
+        return 0
+    if len(missing) < len(ranges):
+        log.info("%s: resuming extraction, %d of %d chunks left", source.name, len(missing), len(ranges))
+    world, rank = D.world_size(), D.rank()
+    mine = missing[rank::world]
+    indices = [i for c in mine for i in range(*ranges[c])]
+    dataset = ImageDataset(source, model.preprocess, skip_corrupt=skip_corrupt, report_errors=True)
+    workers = default_num_workers() if num_workers is None else num_workers
+    loader = DataLoader(
+        Subset(dataset, indices),
+        batch_size=batch_size,
+        shuffle=False,
+        num_workers=workers,
+        pin_memory=model.device.type == "cuda",
+        persistent_workers=False,
+        prefetch_factor=4 if workers > 0 else None,
+    )
+
+    def corrupt(i: int, message: str) -> None:
+        """Raise the plain CorruptImageError a single-process run gives (not a worker traceback)."""
+        open_image(source.samples[i].path)
+        raise DataError(message)  # readable again since the worker tried: report what it saw
+
+    n_rounds = (len(missing) + world - 1) // world
+    bar = tqdm(
+        total=sum(r[1] - r[0] for r in (ranges[c] for c in missing)),
+        desc=f"encode {source.name}",
+        unit="img",
+        disable=not (progress and D.is_main()),
+        leave=False,
+    )
+    on_error = None if skip_corrupt else corrupt
+    stream = _iter_chunks(model, loader, mine, ranges, todo, on_error) if indices else iter(())
+    model.torch_module.eval()
+    try:
+        for _ in range(n_rounds):
+            item = next(stream, None)
+            gathered = D.gather_objects(item)
+            if D.is_main():
+                for got in gathered or []:
+                    if got is None:
+                        continue
+                    cid, feats, valid = got
+                    for k in todo:
+                        entries[k].write_chunk(cid, feats[k], valid)
+                    bar.update(len(valid))
+    finally:
+        bar.close()
+    return len(indices)
+
+
 def extract_features(
     model: VLM,
     source: ImageSource,
@@ -138,11 +231,10 @@ def extract_features(
     Under torchrun every rank must call this; rank 0 writes the cache. Other ranks return the same
     arrays when they can see the cache (shared file system), else a FeatureSet with ``local=False``
     and no arrays.
+
+    Entries are filled under per-entry inter-process locks (two processes on the same data and
+    cache: one encodes, the other waits and reads); damaged chunks are recomputed.
     """
-    from tqdm.auto import tqdm
-
-    from vlmood.data.sources import ImageDataset
-
     for k in kinds:
         if k not in FEATURE_KINDS:
             raise ValueError(f"unknown feature kind {k!r}; choose from {FEATURE_KINDS}")
@@ -162,65 +254,51 @@ def extract_features(
         k: ImageEntry(root, image_cache_key(model_key, fp, k, skip_corrupt), k, meta=dict(meta))
         for k in kinds
     }
-    todo = [k for k, e in entries.items() if not e.is_complete()] if D.is_main() else None
-    todo = D.broadcast_object(todo)
     timings = {"fingerprint_s": time.perf_counter() - t0}
     encoded = 0
-    if todo:
-        ranges = _chunk_ranges(len(source), chunk_size)
+    with contextlib.ExitStack() as locks:
         if D.is_main():
-            for k in todo:
-                entries[k].prepare(chunk_size)
-            done = set.intersection(*(entries[k].finished_chunks() for k in todo))
-            missing = [c for c in range(len(ranges)) if c not in done]
+            todo = [k for k, e in entries.items() if e.check() is not None]
+            # fill (or repair) entries only under their inter-process locks (taken in key order, so
+            # two processes never wait on each other); a process that waited finds them complete
+            for k in sorted(todo, key=lambda k: entries[k].key):
+                locks.enter_context(entries[k].lock())
+            todo = [k for k in todo if not entries[k].is_complete()]
         else:
-            missing = None
-        missing = D.broadcast_object(missing)
-        if len(missing) < len(ranges):
-            log.info("%s: resuming extraction, %d of %d chunks left", source.name, len(missing), len(ranges))
-        world, rank = D.world_size(), D.rank()
-        mine = missing[rank::world]
-        indices = [i for c in mine for i in range(*ranges[c])]
-        dataset = ImageDataset(source, model.preprocess, skip_corrupt=skip_corrupt)
-        workers = default_num_workers() if num_workers is None else num_workers
-        loader = DataLoader(
-            Subset(dataset, indices),
-            batch_size=batch_size,
-            shuffle=False,
-            num_workers=workers,
-            pin_memory=model.device.type == "cuda",
-            persistent_workers=False,
-            prefetch_factor=4 if workers > 0 else None,
-        )
-        t1 = time.perf_counter()
-        n_rounds = (len(missing) + world - 1) // world
-        bar = tqdm(
-            total=sum(r[1] - r[0] for r in (ranges[c] for c in missing)),
-            desc=f"encode {source.name}",
-            unit="img",
-            disable=not (progress and D.is_main()),
-            leave=False,
-        )
-        stream = _iter_chunks(model, loader, mine, ranges, todo) if indices else iter(())
-        model.torch_module.eval()
-        for _ in range(n_rounds):
-            item = next(stream, None)
-            gathered = D.gather_objects(item)
-            if D.is_main():
-                for got in gathered or []:
-                    if got is None:
-                        continue
-                    cid, feats, valid = got
-                    for k in todo:
-                        entries[k].write_chunk(cid, feats[k], valid)
-                    bar.update(len(valid))
-        bar.close()
-        encoded = len(indices)
-        timings["encode_s"] = time.perf_counter() - t1
-        if D.is_main():
-            for k in todo:
-                entries[k].assemble(len(source), chunk_size, {"encode_s": timings["encode_s"]})
-        D.barrier()
+            todo = None
+        todo = D.broadcast_object(todo)
+        if todo:
+            t1 = time.perf_counter()
+            for attempt in range(3):
+                encoded += _encode_missing(
+                    model,
+                    source,
+                    entries,
+                    todo,
+                    chunk_size,
+                    batch_size,
+                    num_workers,
+                    skip_corrupt,
+                    progress,
+                    first=attempt == 0,
+                )
+                timings["encode_s"] = time.perf_counter() - t1
+                bad = None
+                if D.is_main():
+                    try:
+                        for k in todo:
+                            entries[k].assemble(len(source), chunk_size, {"encode_s": timings["encode_s"]})
+                    except BadChunksError as e:
+                        bad = e.chunks  # deleted with a warning naming each file: recompute them
+                bad = D.broadcast_object(bad)
+                if not bad:
+                    break
+            else:
+                raise CacheError(
+                    f"feature chunks of {source.name} were damaged again after being recomputed 3 times "
+                    f"(cache {root}); check the disk, or set --cache-dir/VLMOOD_CACHE elsewhere"
+                )
+            D.barrier()
     if not D.is_main() and not all(e.manifest_path.exists() for e in entries.values()):
         # rank 0 holds the cache and no shared file system shows it here: this rank gets no arrays
         return FeatureSet(
@@ -246,45 +324,6 @@ def extract_features(
     return FeatureSet(
         source, arrays, valid, {k: e.key for k, e in entries.items()}, timings, encoded, fingerprint=fp
     )
-
-
-def encode_texts(
-    model: VLM, texts: Sequence[str], cache_root: str | os.PathLike | None = None, batch_size: int = 256
-) -> np.ndarray:
-    """Normalised text embeddings [N, D] of ``texts``, cached by model identity + exact strings."""
-    texts = list(texts)
-    root = Path(cache_root) if cache_root is not None else default_cache_root()
-    cache = TextCache(root)
-    key = text_cache_key(model.identity.key_dict(), texts)
-    hit = cache.get(key, len(texts))
-    if hit is not None:
-        return hit
-    with torch.inference_mode():
-        emb = model.encode_text(texts, batch_size=batch_size).float().cpu().numpy()
-    if D.is_main():
-        cache.put(key, emb, {"n": len(texts), "model": model.identity.to_dict(), "first": texts[:3]})
-    return emb
-
-
-def class_text_features(
-    model: VLM,
-    classnames: Sequence[str],
-    templates: Sequence[str],
-    cache_root: str | os.PathLike | None = None,
-    batch_size: int = 256,
-) -> np.ndarray:
-    """Zero-shot classifier [K, D]: per class, the normalised mean of normalised template embeddings.
-
-    All K x T prompts are encoded in large batches (not one class per forward).
-    """
-    if not classnames:
-        raise ValueError("no class names given")
-    if not templates:
-        raise ValueError("no templates given")
-    prompts = [t.format(c) for c in classnames for t in templates]
-    emb = encode_texts(model, prompts, cache_root, batch_size).reshape(len(classnames), len(templates), -1)
-    mean = emb.mean(axis=1)
-    return (mean / np.linalg.norm(mean, axis=1, keepdims=True)).astype(np.float32)
 
 
 def cache_info(fs: FeatureSet) -> dict[str, Any]:

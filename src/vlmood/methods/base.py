@@ -32,8 +32,9 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from vlmood import distributed as D
 from vlmood.data.base import DataError, ImageSource
-from vlmood.errors import VlmoodError
+from vlmood.errors import UsageError, VlmoodError
 from vlmood.registry import Registry
 from vlmood.train.engine import TrainConfig
 from vlmood.utils import atomic_path, atomic_write_json, sha256_json
@@ -58,7 +59,8 @@ def register_method(name: str):
 
 
 def create_method(name: str, **params: Any) -> Method:
-    """A method instance with its hyperparameters (unknown keys raise ValueError)."""
+    """A method instance with its hyperparameters, checked strictly against its ``Params`` field
+    types (unknown keys and wrong types raise :class:`~vlmood.errors.UsageError`)."""
     return METHODS.create(name, **params)
 
 
@@ -111,6 +113,8 @@ class TrainData:
     split_file: str | None = None
     meta: dict[str, Any] = field(default_factory=dict)
     cache_root: str | os.PathLike | None = None  # feature/text cache for what the method encodes
+    #: extract_features keyword arguments (workers, skip_corrupt, ...) for what the method encodes
+    extract_options: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.labels = np.asarray(self.labels, dtype=np.int64)
@@ -241,6 +245,28 @@ def train_transform(model, scale: tuple[float, float] = (0.5, 1.0)):
 
 
 # ---------------------------------------------------------------------------------------------- protocol
+def check_method_params(name: str, params_cls: type, params: dict[str, Any]) -> dict[str, Any]:
+    """``params`` checked against the fields of the dataclass ``params_cls``: unknown names are
+    refused with the valid ones listed; values must have the field's type (an ``int`` field
+    refuses ``'abc'`` and ``2.5``, a ``float`` field takes integers, a ``bool`` field only
+    ``true``/``false``), so an adapter never records a value other than the one that trained."""
+    import typing
+
+    from vlmood.params import check_value
+
+    fields = [f.name for f in dataclasses.fields(params_cls)]
+    unknown = sorted(set(params) - set(fields))
+    if unknown:
+        raise UsageError(f"method {name!r}: unknown parameter(s) {unknown}; valid: {', '.join(fields)}")
+    try:
+        hints = typing.get_type_hints(params_cls)
+    except Exception:  # pragma: no cover - unresolvable annotations: names only
+        hints = {}
+    return {
+        k: check_value(v, hints.get(k, Any), f"method {name!r} parameter {k!r}") for k, v in params.items()
+    }
+
+
 class Method:
     """An adaptation method. Subclasses set ``Params`` (a dataclass of hyperparameters), ``kinds``
     (cached feature kinds they read) and implement :meth:`fit`, :meth:`tensors` and
@@ -253,19 +279,19 @@ class Method:
     #: its adapter changes the base model's own weights when loaded (UEO); evaluate on a fresh copy
     adapts_image_encoder: ClassVar[bool] = False
 
+    @property
+    def images_need_features(self) -> bool:
+        """A method that reads images each step but also needs cached ``kinds`` features of them
+        (UEO's zero-shot confidence weights): extracted with the caller's extraction options."""
+        return False
+
     def __init__(self, **params: Any) -> None:
-        valid = [f.name for f in dataclasses.fields(self.Params)]
-        unknown = sorted(set(params) - set(valid))
-        if unknown:
-            raise ValueError(
-                f"method {self.name!r}: unknown parameter(s) {unknown}; valid: {', '.join(valid)}"
-            )
-        self.params = self.Params(**params)
+        self.params = self.Params(**check_method_params(self.name, self.Params, params))
         self.validate()
         self.metrics: dict[str, Any] = {}
 
     def validate(self) -> None:
-        """Check hyperparameter values (raise ValueError)."""
+        """Check hyperparameter values (raise UsageError)."""
 
     @property
     def needs_images(self) -> bool:
@@ -485,16 +511,162 @@ def load_adapter(adapter_dir: str | os.PathLike, model, check_model: bool = True
     cls = METHODS.get(info["method"])
     from vlmood.utils import sha256_file
 
+    retrain = (
+        f"delete {d} and train the adapter again with `vlmood fit` (`vlmood study` retrains what is missing)"
+    )
     if info.get("weights_sha256") and sha256_file(d / ADAPTER_WEIGHTS) != info["weights_sha256"]:
         raise AdapterError(
             f"{d / ADAPTER_WEIGHTS} does not match the sha256 in {ADAPTER_JSON}: the file was changed "
-            f"or is corrupt; delete {d} and train the adapter again (`vlmood study` retrains what is missing)"
+            f"or is corrupt; {retrain}"
         )
-    tensors = load_file(str(d / ADAPTER_WEIGHTS), device="cpu")
+    try:
+        tensors = load_file(str(d / ADAPTER_WEIGHTS), device="cpu")
+    except Exception as e:  # a truncated or foreign file
+        raise AdapterError(
+            f"{d / ADAPTER_WEIGHTS} is not a readable safetensors file ({e}); {retrain}"
+        ) from e
+    verify_adapter_tensors(d, info, tensors)
     return cls.build_adapter(model, info, tensors)
 
 
+def verify_adapter_tensors(d: Path, info: dict[str, Any], tensors: dict[str, torch.Tensor]) -> None:
+    """The loaded tensors are the ones the artifact names: their hash (``tensors_sha256``) and the
+    adapter key (tensors + method + params) are recomputed and compared with ``adapter.json``, so
+    an edited weights file or edited parameters are refused instead of credited to the original
+    adapter key."""
+    retrain = f"delete {d} and train the adapter again with `vlmood fit`"
+    want = info.get("tensors_sha256")
+    if not want or not info.get("adapter_key"):
+        missing = "tensors_sha256" if not want else "adapter_key"
+        raise AdapterError(
+            f"{d / ADAPTER_JSON} has no {missing}, so the tensors in {ADAPTER_WEIGHTS} cannot be "
+            f"checked against the adapter they claim to be; {retrain}"
+        )
+    have = tensors_sha256(tensors)
+    if have != want:
+        raise AdapterError(
+            f"{d / ADAPTER_WEIGHTS}: its tensors hash to {have[:12]}, but {ADAPTER_JSON} records "
+            f"{str(want)[:12]}: the weights were changed after training; {retrain}"
+        )
+    key = sha256_json({"tensors": have, "method": info.get("method"), "params": info.get("params")})
+    if key != info["adapter_key"]:
+        raise AdapterError(
+            f"{d / ADAPTER_JSON}: its method or params do not give its adapter_key "
+            f"{str(info['adapter_key'])[:12]} (they were edited after training); {retrain}"
+        )
+
+
+def check_out_dir(out_dir: str | os.PathLike, what: str = "--out") -> Path:
+    """The adapter directory: refuses a path that exists and is not a directory (before any work)."""
+    out = Path(out_dir)
+    if out.exists() and not out.is_dir():
+        raise UsageError(
+            f"{what} {out} is an existing file; the adapter is a directory: choose another --out"
+        )
+    for parent in out.absolute().parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise UsageError(f"{what} {out}: {parent} is a file, not a directory; choose another --out")
+            break
+    return out
+
+
+def check_shots(shots: Any) -> int | None:
+    """``shots`` is None (all images) or an integer >= 1."""
+    if shots is None:
+        return None
+    if isinstance(shots, bool) or not isinstance(shots, int | np.integer) or shots < 1:
+        raise UsageError(
+            f"shots must be an integer >= 1 (k images per class), got {shots!r}; "
+            f"leave it out to train on every image"
+        )
+    return int(shots)
+
+
+def _check_run(cfg: TrainConfig, model=None, world_size: int | None = None) -> tuple[TrainConfig, int, int]:
+    """(config with the model's precision, per-rank batch, world size); UsageError when a setting
+    cannot run."""
+    from vlmood.train.engine import rank_batch_size
+
+    cfg.check()
+    w = D.world_size() if world_size is None else int(world_size)
+    per_rank = rank_batch_size(cfg, w)
+    if model is not None:
+        prec = str(model.identity.precision)
+        if cfg.precision not in ("fp32", prec):
+            raise UsageError(
+                f"training precision {cfg.precision} differs from the model's precision {prec}: the "
+                f"model's forward runs in its own precision; load the model with precision={cfg.precision!r} "
+                f"(--precision {cfg.precision})"
+            )
+        if prec == "fp16" and torch.device(model.device).type != "cuda":
+            raise UsageError("precision fp16 needs a CUDA device; use --precision bf16 or fp32 on the CPU")
+        if cfg.precision != prec:
+            cfg = dataclasses.replace(cfg, precision=prec)
+    return cfg, per_rank, w
+
+
+def resolve_train_config(
+    cfg: TrainConfig, n: int, model=None, world_size: int | None = None
+) -> tuple[TrainConfig, dict[str, Any]]:
+    """The one place a method's training settings are resolved against how the run executes.
+
+    - **batch**: ``cfg.batch_size`` is the global batch; each of the W ranks takes
+      ``batch_size / W`` (refused when W does not divide it);
+    - **warmup** given in epochs (``extra["warmup_epochs"]``, CoOp) or as a fraction of all
+      steps (``extra["warmup_frac"]``, PLP) becomes ``warmup_steps`` from the optimiser steps of
+      an epoch at the global batch, so one warmup epoch stays one epoch under DDP;
+    - **precision**: the model's (``--precision``: what its forward runs in) becomes the
+      engine's autocast precision; a config asking for another one is refused.
+
+    Returns the resolved config and what ran (``run`` in adapter.json): world size, per-rank
+    and global batch, steps per epoch, warmup steps, precision, device.
+    """
+    from vlmood.train.engine import steps_per_epoch
+
+    cfg, per_rank, w = _check_run(cfg, model, world_size)
+    steps = max(1, steps_per_epoch(n, cfg))
+    if cfg.extra.get("warmup_epochs") and not cfg.warmup_steps:
+        cfg = dataclasses.replace(cfg, warmup_steps=int(cfg.extra["warmup_epochs"]) * steps)
+    if cfg.extra.get("warmup_frac") and not cfg.warmup_steps:
+        cfg = dataclasses.replace(
+            cfg, warmup_steps=int(round(float(cfg.extra["warmup_frac"]) * steps * cfg.epochs))
+        )
+    if cfg.warmup_steps >= steps * cfg.epochs:
+        log.warning(
+            "warmup (%d steps) covers the whole run of %d steps: the schedule never reaches lr %g; "
+            "train more epochs or set warmup_steps",
+            cfg.warmup_steps,
+            steps * cfg.epochs,
+            cfg.lr,
+        )
+    run = {
+        "world_size": w,
+        "per_rank_batch": per_rank,
+        "global_batch": cfg.batch_size,
+        "steps_per_epoch": steps,
+        "warmup_steps": cfg.warmup_steps,
+        "precision": cfg.precision,
+        "device": str(model.device) if model is not None else None,
+    }
+    return cfg, run
+
+
 # ---------------------------------------------------------------------------------------------- fit
+def _share_features(fs, kinds: Sequence[str]) -> dict[str, np.ndarray]:
+    """Every rank's copy of the training features. Under torchrun without a shared file system
+    only rank 0 sees the cache entry; it then sends the (few-shot sized) arrays to the others."""
+    local = bool(getattr(fs, "local", True))
+    if not D.is_initialized() or D.world_size() == 1:
+        return {k: fs.get(k) for k in kinds}
+    flags = D.gather_objects(local)
+    need = D.broadcast_object(not all(flags) if flags is not None else None)
+    if not need:
+        return {k: fs.get(k) for k in kinds}
+    arrays = {k: np.asarray(fs.get(k)) for k in kinds} if D.is_main() else None
+    return D.broadcast_object(arrays)
+
+
 def prepare_data(
     method: Method,
     model,
@@ -509,20 +681,25 @@ def prepare_data(
     extract_options: dict[str, Any] | None = None,
 ) -> TrainData:
     """Turn an image source into :class:`TrainData`: few-shot sampling (split file written to
-    ``out_dir/split.json``) or a given split file, then cached features of ``method.kinds``
-    (unless the method runs the image encoder itself). ``extract_options``: keyword arguments of
-    ``extract_features`` (batch_size, num_workers, skip_corrupt, fingerprint); with
-    ``skip_corrupt`` unreadable training images are dropped (and listed in ``meta``)."""
+    ``out_dir/split.json`` by rank 0) or a given split file, then cached features of
+    ``method.kinds`` (unless the method runs the image encoder itself). ``extract_options``:
+    keyword arguments of ``extract_features`` (batch_size, num_workers, skip_corrupt,
+    fingerprint); they also reach what a method that reads images encodes (UEO). With
+    ``skip_corrupt`` unreadable training images are dropped (and listed in ``meta``), for methods
+    that read images each step too."""
+    shots = check_shots(shots)
+    xo = dict(extract_options or {})
     if isinstance(data, TrainData):
         if shots or split_file:
-            raise ValueError("shots/split_file apply to an image source, not to prepared TrainData")
+            raise UsageError("shots/split_file apply to an image source, not to prepared TrainData")
         if data.cache_root is None and cache_root is not None:
             data = dataclasses.replace(data, cache_root=cache_root)
+        if not data.extract_options and xo:
+            data = dataclasses.replace(data, extract_options=xo)
         return data
     if not isinstance(data, ImageSource):
         raise TypeError(f"training data must be an ImageSource or TrainData, not {type(data).__name__}")
     source = data
-    xo = dict(extract_options or {})
     source_fp = source.fingerprint(xo.get("fingerprint", "stat"))  # identity of the data drawn from
     names = list(classnames or source.classnames or [])
     if not names:
@@ -539,7 +716,8 @@ def prepare_data(
 
         idx = few_shot_indices(source.labels, shots, seed, names)
         p = out_dir / "split.json"
-        save_split(p, source, idx, {"seed": seed, "shots": shots})
+        if D.is_main():  # the one writer; every rank draws the same indices
+            save_split(p, source, idx, {"seed": seed, "shots": shots})
         split_path = str(p.absolute())
         source = source.subset(idx, name=f"{source.name}-{shots}shot-seed{seed}")
     labels = np.asarray(source.labels, dtype=np.int64)
@@ -549,21 +727,24 @@ def prepare_data(
         )
     features: dict[str, np.ndarray] = {}
     kinds = tuple(method.kinds)
-    if kinds and not method.needs_images:
+    skipped: list = []
+    encode = kinds and (
+        not method.needs_images or method.images_need_features or bool(xo.get("skip_corrupt"))
+    )
+    if encode:
         from vlmood.features.extract import extract_features
 
         fs = extract_features(model, source, kinds, cache_root=cache_root, progress=progress, **xo)
-        if not fs.valid.all():  # only with skip_corrupt (extraction raises otherwise)
-            skipped = fs.skipped
-            keep = np.flatnonzero(fs.valid)
+        valid, skipped = np.asarray(fs.valid), list(fs.skipped) if not fs.valid.all() else []
+        if D.is_initialized() and D.world_size() > 1:  # rank 0 read the entry: its view holds for all
+            valid, skipped = D.broadcast_object((valid, skipped) if D.is_main() else None)
+        if not valid.all():  # only with skip_corrupt (extraction raises otherwise)
+            keep = np.flatnonzero(valid)
             source = source.subset(keep, name=source.name)
             labels = labels[keep]
             log.warning("%s: training without %d unreadable images", source.name, len(skipped))
-        else:
-            skipped = []
-        features = {k: fs.get(k) for k in kinds}
-    else:
-        skipped = []
+        if not method.needs_images or method.images_need_features:
+            features = _share_features(fs, kinds)  # readable images only (FeatureSet.get)
     return TrainData(
         names,
         labels,
@@ -579,6 +760,7 @@ def prepare_data(
             **({"skipped": skipped} if skipped else {}),
         },
         cache_root=cache_root,
+        extract_options=xo,
     )
 
 
@@ -605,11 +787,20 @@ def fit_method(
     ``cfg`` defaults to the method's paper settings (``create_method(name).default_config()``);
     ``seed`` defaults to ``cfg.seed`` and drives the few-shot sampling. The engine's checkpoint,
     metrics log and config live in ``out_dir/train`` (``resume=True`` continues them).
+
+    Under torchrun (process group initialised, see ``vlmood.distributed.init_distributed``)
+    every rank trains its share of each global batch ``cfg.batch_size`` with synchronised
+    gradients, and rank 0 alone writes into ``out_dir``. Settings are checked before any work
+    (:class:`~vlmood.errors.UsageError`): method parameters, epochs/batch size/lr, shots, an
+    ``out_dir`` that is a file, a batch the world size does not divide.
     """
     method = create_method(name, **(params or {}))
     cfg = cfg if cfg is not None else method.default_config()
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    out = check_out_dir(out_dir)
+    shots = check_shots(shots)
+    _check_run(cfg, model)  # settings, batch / world size, precision: before any work
+    if D.is_main():
+        out.mkdir(parents=True, exist_ok=True)
     seed = cfg.seed if seed is None else seed
     td = prepare_data(
         method, model, data, out, shots, seed, split_file, classnames, cache_root, progress, extract_options
@@ -619,19 +810,23 @@ def fit_method(
             f"method {method.name!r} runs the image encoder while training; give it an image source"
         )
     dev = torch.device(device) if device is not None else model.device
+    cfg, run = resolve_train_config(cfg, len(td), model)
+    run["device"] = str(dev)
     t0 = time.perf_counter()
     metrics = method.fit(model, td, cfg, out / "train", dev, progress=progress, resume=resume)
     metrics = {"train_s": time.perf_counter() - t0, **(metrics or {})}
-    save_adapter(
-        out,
-        method,
-        model,
-        method.effective_config if getattr(method, "effective_config", None) else cfg,
-        td.classnames,
-        td.split_file,
-        metrics,
-        extra={"data": td.meta},
-    )
+    if D.is_main():
+        save_adapter(
+            out,
+            method,
+            model,
+            method.effective_config if getattr(method, "effective_config", None) else cfg,
+            td.classnames,
+            td.split_file,
+            metrics,
+            extra={"data": td.meta, "run": run},
+        )
+    D.barrier()
     return out
 
 

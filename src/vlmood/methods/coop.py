@@ -13,9 +13,7 @@ each step as the reference code does.
 
 from __future__ import annotations
 
-import dataclasses
 import logging
-import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -24,6 +22,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from vlmood.errors import UsageError
 from vlmood.methods.base import (
     Adapter,
     ArrayDataset,
@@ -33,6 +32,7 @@ from vlmood.methods.base import (
     epoch_summary,
     frozen,
     register_method,
+    resolve_train_config,
     run_engine,
     train_transform,
 )
@@ -49,24 +49,9 @@ def coop_loss(image: torch.Tensor, text: torch.Tensor, labels: torch.Tensor, sca
 
 def resolve_config(cfg: TrainConfig, n: int) -> TrainConfig:
     """Turn ``cfg.extra`` warmup given in epochs (``warmup_epochs``) or as a fraction of all steps
-    (``warmup_frac``) into ``warmup_steps`` for a dataset of ``n`` samples."""
-    per_epoch = (n // cfg.batch_size) if cfg.drop_last else math.ceil(n / cfg.batch_size)
-    steps = max(1, per_epoch // cfg.grad_accum)
-    if cfg.extra.get("warmup_epochs") and not cfg.warmup_steps:
-        cfg = dataclasses.replace(cfg, warmup_steps=int(cfg.extra["warmup_epochs"]) * steps)
-    if cfg.extra.get("warmup_frac") and not cfg.warmup_steps:
-        cfg = dataclasses.replace(
-            cfg, warmup_steps=int(round(float(cfg.extra["warmup_frac"]) * steps * cfg.epochs))
-        )
-    if cfg.warmup_steps >= steps * cfg.epochs:
-        log.warning(
-            "warmup (%d steps) covers the whole run of %d steps: the schedule never reaches lr %g; "
-            "train more epochs or set warmup_steps",
-            cfg.warmup_steps,
-            steps * cfg.epochs,
-            cfg.lr,
-        )
-    return cfg
+    (``warmup_frac``) into ``warmup_steps`` for a dataset of ``n`` samples (at the global batch,
+    whatever the world size): :func:`vlmood.methods.base.resolve_train_config`."""
+    return resolve_train_config(cfg, n)[0]
 
 
 @dataclass
@@ -90,11 +75,11 @@ class PromptMethodBase(Method):
     def validate(self) -> None:
         p = self.params
         if p.class_token_position not in POSITIONS:
-            raise ValueError(
+            raise UsageError(
                 f"class_token_position {p.class_token_position!r}; choose from {', '.join(POSITIONS)}"
             )
         if p.n_ctx < 1:
-            raise ValueError(f"n_ctx must be >= 1, got {p.n_ctx}")
+            raise UsageError(f"method {self.name!r} parameter 'n_ctx' must be >= 1, got {p.n_ctx}")
 
     @property
     def needs_images(self) -> bool:

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from vlmood.errors import UsageError
 from vlmood.methods.base import register_method
 from vlmood.methods.coop import CoOpParams, PromptAdapter, PromptMethodBase, coop_loss
 from vlmood.methods.prompt import auto_chunk
@@ -67,7 +68,7 @@ class LoCoOp(PromptMethodBase):
     def validate(self) -> None:
         super().validate()
         if self.params.top_k < 1:
-            raise ValueError(f"top_k must be >= 1, got {self.params.top_k}")
+            raise UsageError(f"method {self.name!r} parameter 'top_k' must be >= 1, got {self.params.top_k}")
 
     def fit(self, model, data, cfg, out_dir, device, progress=True, resume=False):
         self.learner = self.make_learner(model, data.classnames, cfg.seed)

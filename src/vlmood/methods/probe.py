@@ -22,6 +22,7 @@ import torch
 from torch import nn
 
 from vlmood.data.base import DataError
+from vlmood.errors import UsageError
 from vlmood.methods.base import (
     Adapter,
     ArrayDataset,
@@ -96,7 +97,7 @@ class _ProbeBase(Method):
 
     def validate(self) -> None:
         if self.params.feature not in ("image", "preproj"):
-            raise ValueError(f"probe feature {self.params.feature!r}; choose image or preproj")
+            raise UsageError(f"probe feature {self.params.feature!r}; choose image or preproj")
 
     def default_config(self, **overrides: Any) -> TrainConfig:
         bs = int(overrides.get("batch_size", 256))

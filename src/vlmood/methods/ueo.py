@@ -33,6 +33,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from vlmood.data.base import DataError
+from vlmood.errors import UsageError
 from vlmood.methods.base import (
     ImageTrainDataset,
     Method,
@@ -122,11 +123,15 @@ class UEO(Method):
 
     def validate(self) -> None:
         if self.params.weights not in ("mcm", "uniform"):
-            raise ValueError(f"weights {self.params.weights!r}; choose mcm or uniform")
+            raise UsageError(f"weights {self.params.weights!r}; choose mcm or uniform")
 
     @property
     def needs_images(self) -> bool:
         return True
+
+    @property
+    def images_need_features(self) -> bool:
+        return self.params.weights == "mcm"  # the zero-shot weights read cached image features
 
     def default_config(self, **overrides: Any) -> TrainConfig:
         base = dict(
@@ -144,8 +149,16 @@ class UEO(Method):
         if "image" in data.features:
             img = data.features["image"]
         else:
-            img = extract_features(model, data.source, ("image",), cache_root=data.cache_root, progress=False)
-            img = img.arrays["image"]
+            xo = {k: v for k, v in data.extract_options.items() if k not in ("progress", "cache_root")}
+            fs = extract_features(
+                model, data.source, ("image",), cache_root=data.cache_root, progress=False, **xo
+            )
+            if not fs.valid.all():
+                raise DataError(
+                    f"{data.source.name}: {int((~fs.valid).sum())} training images are unreadable; "
+                    f"train through fit_method (it drops them with skip_corrupt)"
+                )
+            img = fs.get("image")
         with torch.no_grad():
             text = self.learner.text_features(auto_chunk(data.n_classes, self.params.text_chunk), False)
         return mcm_weights(img, text.cpu().numpy())

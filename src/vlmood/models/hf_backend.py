@@ -262,23 +262,47 @@ class HFCLIPVLM(VLM):
             texts = [texts]
         return self._tokenizer(list(texts))[0]
 
-    def encode_text(self, texts: Sequence[str], batch_size: int = 256) -> torch.Tensor:
+    def encode_text(
+        self,
+        texts: Sequence[str],
+        batch_size: int = 256,
+        progress: Callable[[int], object] | None = None,
+    ) -> torch.Tensor:
+        """Normalised text embeddings [N, D] float32 (no grad, batched). The CLIP text transformer
+        is causal and pools at the end-of-text position, so prompts are sorted by that position
+        and each batch runs only up to its longest prompt (same embeddings up to float rounding).
+        ``progress``, when given, is called with the number of prompts of each finished batch."""
         if isinstance(texts, str):
             texts = [texts]
         texts = list(texts)
-        out = []
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        if not texts:
+            return torch.empty(0, self.embed_dim, device=self.device)
+        ids, mask = self._tokenizer(texts)
+        pool = self._pool_positions(ids)
+        order = torch.argsort(pool, stable=True)
+        out = torch.empty(len(texts), self.embed_dim, device=self.device)
         with torch.no_grad(), self.autocast():
             for i in range(0, len(texts), batch_size):
-                ids, mask = self._tokenizer(texts[i : i + batch_size])
+                idx = order[i : i + batch_size]
+                width = int(pool[idx].max()) + 1
                 outputs = self.model.text_model(
-                    input_ids=ids.to(self.device),
-                    attention_mask=None if mask is None else mask.to(self.device),
+                    input_ids=ids[idx, :width].to(self.device),
+                    attention_mask=None if mask is None else mask[idx, :width].to(self.device),
                 )
                 feats = self.model.text_projection(outputs.pooler_output)
-                out.append(F.normalize(feats.float(), dim=-1))
-        if not out:
-            return torch.empty(0, self.embed_dim, device=self.device)
-        return torch.cat(out)
+                out[idx.to(self.device)] = F.normalize(feats.float(), dim=-1)
+                if progress is not None:
+                    progress(len(idx))
+        return out
+
+    def _pool_positions(self, ids: torch.Tensor) -> torch.Tensor:
+        """The position ``CLIPTextTransformer`` pools for each row (its own rule)."""
+        eos = getattr(self.model.text_model, "eos_token_id", 2)
+        if eos == 2:
+            return ids.int().argmax(dim=-1)
+        return (ids.int() == eos).int().argmax(dim=-1)
 
     def encode_image_features(
         self, images: torch.Tensor, kinds: Sequence[str] = ("image",)

@@ -225,13 +225,19 @@ class OpenClipVLM(VLM):
         x = x.float()
         return F.normalize(x, dim=-1) if normalize else x
 
-    def encode_text(self, texts: Sequence[str], batch_size: int = 256) -> torch.Tensor:
+    def encode_text(
+        self,
+        texts: Sequence[str],
+        batch_size: int = 256,
+        progress: Callable[[int], object] | None = None,
+    ) -> torch.Tensor:
         """Normalised text embeddings [N, D] float32 on the model's device (no grad, batched).
 
         For causal text towers pooled at the end-of-text token (every OpenAI-style CLIP), prompts
         are sorted by length and each batch runs only up to its longest prompt: positions after
         the end-of-text token cannot influence it under the causal mask, so the result equals the
-        full-context forward (up to float rounding) at a fraction of the cost.
+        full-context forward (up to float rounding) at a fraction of the cost. ``progress``, when
+        given, is called with the number of prompts of each finished batch.
         """
         if isinstance(texts, str):
             texts = [texts]
@@ -265,6 +271,8 @@ class OpenClipVLM(VLM):
                 else:
                     feats = self.model.encode_text(batch.to(self.device, non_blocking=True))
                 out[idx.to(self.device)] = F.normalize(feats.float(), dim=-1)
+                if progress is not None:
+                    progress(len(idx))
         return out
 
     @property

@@ -31,16 +31,31 @@ equal groups; S is averaged over groups. This permutation differs from NegLabel'
 ``torch.randperm`` (seed 0), so group membership (not the method) differs from the official
 code; ``ngroup=1`` disables grouping.
 
+Encoding: all candidate prompts (nouns and adjectives) go to ``ctx.encode_text`` in one call
+when it is a :class:`vlmood.features.text.TextEncoder` (``handles_progress``): the backend sorts
+the whole vocabulary by token length, so batches carry almost no padding, and shows a progress
+bar. Any other callable gets slices of ``encode_batch_size`` prompts in order of prompt length,
+with a progress bar here (``ctx.extra["progress"] = False`` silences it). Embeddings are
+restored to the vocabulary order before ``d`` is computed, so the selection does not depend on
+the encoding order. Mining logs the vocabulary size first.
+
 Mined labels can be saved (:meth:`NegLabelScore.save_labels`, JSON) and reused
 (``labels_file=``); the file carries a hash of the ID class names and is refused for other
 classes. With ``ctx.cache_dir`` set, ``fit`` writes ``neglabel_<hash>.json`` there.
+``labels_file=`` also takes NegLabel's released negative-label text files
+(``selected_neg_labels_in1k_10k.txt``): one prompt per line, encoded as written (lines read
+``the nice <label>``); blank lines and ``#`` comments are skipped, repeated prompts (case and
+spacing ignored) are kept once. A text file names no ID classes, so it is not checked against
+them. The file's sha256 is recorded in the score's parameters (``labels_file_sha256``).
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
+import re
 from collections.abc import Callable, Sequence
 from importlib import resources
 from pathlib import Path
@@ -48,9 +63,12 @@ from typing import Any
 
 import numpy as np
 
+from vlmood.data.templates import render
 from vlmood.scores._math import check_temperature, l2_normalize, logsumexp
 from vlmood.scores.base import Score, ScoreContext, register_score
-from vlmood.utils import atomic_write_json, sha256_json
+from vlmood.utils import atomic_write_json, sha256_file, sha256_json
+
+log = logging.getLogger(__name__)
 
 LABELS_FORMAT = "vlmood.neglabel.labels/1"
 #: bound on the float32 [rows, K + M] logit buffer while scoring (elements)
@@ -59,6 +77,8 @@ MAX_CHUNK_ELEMENTS = 1 << 24
 _TINY = 1e-25
 #: candidates per block when computing their ID-similarity quantiles
 _MINE_BLOCK = 4096
+#: encodings of at least this many prompts through a plain callable show a progress bar
+_PROGRESS_MIN = 2000
 
 
 def load_wordnet_vocabulary() -> dict[str, list[str]]:
@@ -134,8 +154,10 @@ def encode_texts(
     texts: Sequence[str],
     batch_size: int,
     dim: int | None = None,
+    on_batch: Callable[[int], object] | None = None,
 ) -> np.ndarray:
-    """Encode ``texts`` in batches into a float32 [len, D] array of L2-normalised rows."""
+    """Encode ``texts`` in batches into a float32 [len, D] array of L2-normalised rows
+    (``on_batch(n)`` after each batch)."""
     out: np.ndarray | None = None
     for s in range(0, len(texts), batch_size):
         batch = list(texts[s : s + batch_size])
@@ -147,6 +169,8 @@ def encode_texts(
                 raise ValueError(f"encode_text returned dim {f.shape[1]}, ID text features have dim {dim}")
             out = np.empty((len(texts), f.shape[1]), dtype=np.float32)
         out[s : s + len(batch)] = l2_normalize(f)
+        if on_batch is not None:
+            on_batch(len(batch))
     if out is None:
         return np.zeros((0, dim or 0), dtype=np.float32)
     return out
@@ -217,6 +241,8 @@ class NegLabelScore(Score):
         self.max_negatives = None if max_negatives is None else int(max_negatives)
         self.encode_batch_size = int(encode_batch_size)
         self._saved_path: str | None = None
+        self._labels_format: str | None = None
+        self._labels_dups = 0
 
     # ------------------------------------------------------------------ parameters
     def params(self) -> dict[str, Any]:
@@ -231,6 +257,9 @@ class NegLabelScore(Score):
                 "n_noun": len(voc["noun"]),
                 "n_adj": len(voc["adj"]),
             }
+        if self.labels_file is not None:
+            path = Path(self.labels_file)
+            p["labels_file_sha256"] = sha256_file(path) if path.is_file() else None
         return p
 
     def artifacts(self) -> dict[str, Any]:
@@ -244,7 +273,40 @@ class NegLabelScore(Score):
             "neglabel_num_adjs": int(sum(k == "adj" for k in self.kinds)),
             "neglabel_id_sha256": self.id_hash,
             "neglabel_id_encoding": self.id_encoding,
+            **({"neglabel_labels_file_format": self._labels_format} if self.labels_file is not None else {}),
+            **({"neglabel_labels_duplicates": self._labels_dups} if self._labels_dups else {}),
         }
+
+    # ------------------------------------------------------------------ encoding
+    def _encode(self, ctx: ScoreContext, prompts: Sequence[str], dim: int | None, desc: str) -> np.ndarray:
+        """Normalised float32 [len(prompts), D] in the order of ``prompts`` (module docstring)."""
+        enc = ctx.encode_text
+        assert enc is not None
+        prompts = list(prompts)
+        if getattr(enc, "handles_progress", False):
+            f = np.asarray(enc(prompts, desc=desc), dtype=np.float32)
+            if f.ndim != 2 or f.shape[0] != len(prompts):
+                raise ValueError(
+                    f"encode_text returned shape {f.shape} for {len(prompts)} texts; expected [N, D]"
+                )
+            if dim is not None and len(prompts) and f.shape[1] != dim:
+                raise ValueError(f"encode_text returned dim {f.shape[1]}, ID text features have dim {dim}")
+            return l2_normalize(f) if len(prompts) else np.zeros((0, dim or 0), dtype=np.float32)
+        from tqdm.auto import tqdm
+
+        # similar lengths in one call: a backend that trims padding per call wastes little
+        order = np.argsort(
+            np.fromiter((len(p) for p in prompts), dtype=np.int64, count=len(prompts)), kind="stable"
+        )
+        show = len(prompts) >= _PROGRESS_MIN and bool(ctx.extra.get("progress", True))
+        bar = tqdm(total=len(prompts), desc=desc, unit="prompt", disable=not show, leave=False)
+        try:
+            feats = encode_texts(enc, [prompts[i] for i in order], self.encode_batch_size, dim, bar.update)
+        finally:
+            bar.close()
+        out = np.empty_like(feats)
+        out[order] = feats
+        return out
 
     # ------------------------------------------------------------------ fit
     def fit(self, ctx: ScoreContext) -> NegLabelScore:
@@ -262,8 +324,8 @@ class NegLabelScore(Score):
             and classnames is not None
             and ctx.encode_text is not None
         ):
-            prompts = [self.id_template.format(c) for c in classnames]
-            pos = encode_texts(ctx.encode_text, prompts, self.encode_batch_size, dim)
+            prompts = [render(self.id_template, c) for c in classnames]
+            pos = self._encode(ctx, prompts, dim, "NegLabel ID labels")
             self.id_encoding = f"encode_text(id_template={self.id_template!r})"
         else:
             pos = l2_normalize(text)
@@ -304,14 +366,30 @@ class NegLabelScore(Score):
         dists: list[float] = []
         feats: list[np.ndarray] = []
         per_kind = []
+        cands = []
         for kind, template in (("noun", self.noun_template), ("adj", self.adj_template)):
             words = [w for w in _dedupe(voc[kind]) if w.lower() not in banned]
             keep = int(math.floor(self.neg_fraction * len(words) + 1e-9))
+            cands.append((kind, template, words if keep else [], keep))
+        # every candidate prompt in one encoding (one length-sorted pass, one progress bar)
+        all_prompts = [render(template, w) for _, template, words, _ in cands for w in words]
+        n_noun, n_adj = len(cands[0][2]), len(cands[1][2])
+        name = getattr(ctx.encode_text, "name", None)
+        log.info(
+            "NegLabel: encoding %s candidate labels (%s nouns + %s adjectives)%s",
+            f"{len(all_prompts):,}",
+            f"{n_noun:,}",
+            f"{n_adj:,}",
+            f" with {name}" if name else "",
+        )
+        all_feats = self._encode(ctx, all_prompts, pos.shape[1], "NegLabel candidates")
+        start = 0
+        for kind, template, words, keep in cands:
+            kfeats = all_feats[start : start + len(words)]
+            start += len(words)
             if keep == 0:
                 per_kind.append((kind, template, [], np.zeros(0), np.zeros((0, pos.shape[1]), np.float32)))
                 continue
-            kprompts = [template.format(w) for w in words]
-            kfeats = encode_texts(ctx.encode_text, kprompts, self.encode_batch_size, pos.shape[1])
             d = _quantile_sims(kfeats, pos, self.percentile)
             order = np.argsort(d, kind="stable")[:keep]
             per_kind.append((kind, template, [words[i] for i in order], d[order], kfeats[order]))
@@ -328,15 +406,19 @@ class NegLabelScore(Score):
         for (kind, template, words, d, kfeats), quota in zip(per_kind, quotas):
             labels += words[:quota]
             kinds += [kind] * min(quota, len(words))
-            prompts += [template.format(w) for w in words[:quota]]
+            prompts += [render(template, w) for w in words[:quota]]
             dists += [float(v) for v in d[:quota]]
             feats.append(kfeats[:quota])
         self.labels, self.kinds, self.prompts, self.distances = labels, kinds, prompts, dists
         self._neg_features = np.concatenate(feats, axis=0)
 
     def _load_and_encode(self, path: str, ctx: ScoreContext, dim: int) -> None:
-        data = load_labels(path)
-        if data["id_sha256"] != self.id_hash:
+        data = load_labels(path, self.noun_template, self.adj_template)
+        self._labels_format = data["format_kind"]
+        self._labels_dups = int(data.get("duplicates", 0))
+        if self._labels_dups:
+            log.warning("NegLabel labels file %s: %d repeated labels kept once", path, self._labels_dups)
+        if data["id_sha256"] is not None and data["id_sha256"] != self.id_hash:
             raise ValueError(
                 f"NegLabel labels file {path} was mined for other ID classes "
                 f"(its ID hash {data['id_sha256'][:16]}..., this context's {self.id_hash[:16]}...; "
@@ -346,7 +428,10 @@ class NegLabelScore(Score):
             raise ValueError("NegLabel labels_file= needs ctx.encode_text to encode the stored label prompts")
         self.labels, self.kinds, self.prompts = data["labels"], data["kinds"], data["prompts"]
         self.distances = data.get("distances")
-        self._neg_features = encode_texts(ctx.encode_text, self.prompts, self.encode_batch_size, dim)
+        log.info(
+            "NegLabel: %s negative labels from %s (%s)", f"{len(self.prompts):,}", path, self._labels_format
+        )
+        self._neg_features = self._encode(ctx, self.prompts, dim, "NegLabel labels")
 
     def _build_groups(self) -> None:
         m = len(self.labels)
@@ -453,13 +538,77 @@ class NegLabelScore(Score):
         return np.mean(np.exp(-np.logaddexp(0.0, lse_neg - lse_pos[:, None])), axis=1)
 
 
-def load_labels(path: str | Path) -> dict[str, Any]:
-    """Read and validate a NegLabel labels JSON written by :meth:`NegLabelScore.save_labels`."""
+def _template_re(template: str) -> re.Pattern[str] | None:
+    """``template`` with its ``{}`` as a capture group (case-insensitive, spacing-tolerant)."""
+    if template.count("{}") != 1:
+        return None
+    pre, post = (re.escape(re.sub(r"\s+", " ", x)) for x in template.split("{}"))
+    return re.compile(rf"^{pre}(.+?){post}$", re.IGNORECASE)
+
+
+def read_labels_text(
+    text: str, noun_template: str = "the nice {}", adj_template: str = "This is a {} photo"
+) -> dict[str, Any]:
+    """NegLabel's released label files: one prompt per line (``the nice <label>``), encoded as
+    written. Blank lines and ``#`` comments are skipped; a prompt repeated (case and spacing
+    ignored) is kept once, at its first line. A line matching ``noun_template`` /
+    ``adj_template`` gets that kind and its label; others are of kind ``"given"``."""
+    patterns = [(k, _template_re(t)) for k, t in (("noun", noun_template), ("adj", adj_template))]
+    labels: list[str] = []
+    kinds: list[str] = []
+    prompts: list[str] = []
+    seen: set[str] = set()
+    dups = 0
+    for raw in text.splitlines():
+        line = raw.strip()
+        if not line or line.startswith("#"):
+            continue
+        norm = " ".join(line.split()).lower()
+        if norm in seen:
+            dups += 1
+            continue
+        seen.add(norm)
+        kind, label = "given", line
+        for k, pat in patterns:
+            m = pat.match(" ".join(line.split())) if pat is not None else None
+            if m:
+                kind, label = k, m.group(1)
+                break
+        labels.append(label)
+        kinds.append(kind)
+        prompts.append(line)
+    return {"labels": labels, "kinds": kinds, "prompts": prompts, "duplicates": dups}
+
+
+def load_labels(
+    path: str | Path, noun_template: str = "the nice {}", adj_template: str = "This is a {} photo"
+) -> dict[str, Any]:
+    """Read and validate NegLabel labels: a JSON written by :meth:`NegLabelScore.save_labels`
+    (``format_kind`` "json"), or a text file with one prompt per line (``format_kind`` "text",
+    :func:`read_labels_text`; ``id_sha256`` None). ``sha256`` is the file's hash."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"NegLabel labels file not found: {path}")
+    raw = path.read_bytes()
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        raise ValueError(f"NegLabel labels file {path} is not UTF-8 text: {e}") from None
+    digest = sha256_file(path)
+    if not text.lstrip().startswith(("{", "[")):
+        data = read_labels_text(text, noun_template, adj_template)
+        if not data["labels"]:
+            raise ValueError(f"NegLabel labels file {path} has no labels (only blank lines or # comments)")
+        return {
+            **data,
+            "format_kind": "text",
+            "sha256": digest,
+            "id_sha256": None,
+            "num_id_classes": None,
+            "distances": None,
+        }
+    try:
+        data = json.loads(text)
     except json.JSONDecodeError as e:
         raise ValueError(f"NegLabel labels file {path} is not valid JSON: {e}") from None
     if not isinstance(data, dict) or data.get("format") != LABELS_FORMAT:
@@ -469,4 +618,4 @@ def load_labels(path: str | Path) -> dict[str, Any]:
         raise ValueError(
             f"NegLabel labels file {path} is corrupt: labels/kinds/prompts lengths differ or are empty"
         )
-    return data
+    return {**data, "format_kind": "json", "sha256": digest}

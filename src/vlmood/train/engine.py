@@ -7,6 +7,13 @@ Used by pretraining (``vlmood pretrain``) and by every adaptation method. A task
 Determinism and resume: each epoch seeds torch's global RNG and the sampler/DataLoader
 generator from ``(seed, epoch)``, so an epoch does the same thing whether it follows an
 uninterrupted run or a resume from the previous epoch's checkpoint.
+
+Batch size under torchrun: ``TrainConfig.batch_size`` is the **global** batch (what one optimiser
+step sees over all ranks); each of the W ranks takes ``batch_size / W`` of it (a batch size that
+W does not divide is refused). Every rank draws the same per-epoch permutation as a 1-process run
+and takes its contiguous share of each global batch, and DDP averages the ranks' gradients, so a
+W-process run takes the same steps as the 1-process run at the same batch size (up to float
+summation order) and ``steps_per_epoch``, warmup in epochs and the schedule do not depend on W.
 """
 
 from __future__ import annotations
@@ -23,10 +30,11 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from torch.utils.data import DataLoader, Dataset, DistributedSampler, RandomSampler
+import torch.distributed as dist
+from torch.utils.data import DataLoader, Dataset, Sampler
 
 from vlmood import distributed as D
-from vlmood.errors import RunError, VlmoodError
+from vlmood.errors import RunError, UsageError, VlmoodError
 from vlmood.utils import atomic_path, atomic_write_text, sha256_json
 
 log = logging.getLogger(__name__)
@@ -67,11 +75,92 @@ class TrainConfig:
     extra: dict[str, Any] = field(default_factory=dict)  # method settings, checked on resume too
     tensorboard: bool = False  # also write the logged scalars as TensorBoard events (out/tensorboard)
 
+    def check(self) -> None:
+        """Refuse settings that cannot train (UsageError naming the setting)."""
+        if not isinstance(self.epochs, int) or isinstance(self.epochs, bool) or self.epochs < 1:
+            raise UsageError(f"epochs (--epochs) must be a positive integer, got {self.epochs!r}")
+        if not isinstance(self.batch_size, int) or isinstance(self.batch_size, bool) or self.batch_size < 1:
+            raise UsageError(
+                f"batch size (--train-batch-size) must be a positive integer, got {self.batch_size!r}"
+            )
+        if not isinstance(self.grad_accum, int) or isinstance(self.grad_accum, bool) or self.grad_accum < 1:
+            raise UsageError(f"grad_accum must be a positive integer, got {self.grad_accum!r}")
+        if isinstance(self.lr, bool) or not isinstance(self.lr, int | float) or not (self.lr > 0):
+            raise UsageError(f"learning rate (--lr) must be a positive number, got {self.lr!r}")
+        if not isinstance(self.warmup_steps, int) or self.warmup_steps < 0:
+            raise UsageError(f"warmup_steps must be an integer >= 0, got {self.warmup_steps!r}")
+        if self.precision not in PRECISIONS:
+            raise UsageError(f"unknown precision {self.precision!r}; choose {', '.join(PRECISIONS)}")
+
     def identity(self) -> str:
         d = asdict(self)
         for k in ("num_workers", "log_every", "tensorboard"):  # how it runs / logs, not what it computes
             d.pop(k)
         return sha256_json(d)
+
+
+PRECISIONS = ("fp32", "bf16", "fp16")
+
+
+def batches_per_epoch(n: int, cfg: TrainConfig) -> int:
+    """Global batches of ``cfg.batch_size`` in an epoch of ``n`` samples (any world size)."""
+    return (n // cfg.batch_size) if cfg.drop_last else math.ceil(n / cfg.batch_size)
+
+
+def steps_per_epoch(n: int, cfg: TrainConfig) -> int:
+    """Optimiser steps per epoch of ``n`` samples at the global batch ``cfg.batch_size``: the same
+    for every world size (so warmup given in epochs is the same number of steps under DDP)."""
+    return batches_per_epoch(n, cfg) // cfg.grad_accum
+
+
+def rank_batch_size(cfg: TrainConfig, world_size: int | None = None) -> int:
+    """The per-rank share of the global batch; refuses a batch the world size does not divide."""
+    w = D.world_size() if world_size is None else int(world_size)
+    if cfg.batch_size % w:
+        raise UsageError(
+            f"batch size {cfg.batch_size} is the global batch and must split evenly over the {w} "
+            f"processes of this torchrun job; use a multiple of {w} (e.g. {max(w, cfg.batch_size // w * w)})"
+        )
+    return cfg.batch_size // w
+
+
+def epoch_order(n: int, seed_value: int) -> list[int]:
+    """The epoch's sample order: what a 1-process ``DataLoader(RandomSampler(generator=g),
+    generator=g)`` with ``g`` seeded by ``seed_value`` yields (the loader draws the workers' base
+    seed from ``g`` before the sampler's permutation), so runs of earlier versions are reproduced."""
+    g = torch.Generator().manual_seed(seed_value)
+    torch.empty((), dtype=torch.int64).random_(generator=g)
+    return torch.randperm(n, generator=g).tolist()
+
+
+class GlobalBatchSampler(Sampler[list[int]]):
+    """This rank's share of each global batch of the epoch order (see the module docstring).
+
+    Rank ``r`` of ``W`` takes positions ``[r*b, (r+1)*b)`` of each global batch of ``B = W*b``.
+    With ``drop_last=False`` a short last batch is filled up from the start of the order, so
+    every rank runs the same number of equal batches (DDP needs both)."""
+
+    def __init__(
+        self, n: int, batch_size: int, drop_last: bool, seed_value: int, rank: int = 0, world_size: int = 1
+    ) -> None:
+        self.n, self.batch, self.drop_last = n, batch_size, drop_last
+        self.seed_value, self.rank, self.world = seed_value, rank, world_size
+        self.rank_batch = batch_size // world_size
+
+    def __len__(self) -> int:
+        return (self.n // self.batch) if self.drop_last else math.ceil(self.n / self.batch)
+
+    def __iter__(self):
+        order = epoch_order(self.n, self.seed_value)
+        b = self.rank_batch
+        for i in range(len(self)):
+            glob = order[i * self.batch : (i + 1) * self.batch]
+            if self.world == 1:
+                yield glob  # a short last batch stays short (drop_last=False), as a DataLoader does
+                continue
+            while len(glob) < self.batch:  # drop_last=False under DDP: equal shares for every rank
+                glob = glob + order[: self.batch - len(glob)]
+            yield glob[self.rank * b : (self.rank + 1) * b]
 
 
 def build_optimizer(
@@ -112,6 +201,20 @@ def _autocast(device: torch.device, precision: str):
     if precision != "fp32":
         raise ValueError(f"unknown precision {precision!r}; choose fp32, bf16 or fp16")
     return torch.autocast(device.type, enabled=False)
+
+
+def _mean_over_ranks(values: dict[str, Any]) -> dict[str, Any]:
+    """Logged numbers averaged over the ranks (each saw its share of the global batch), so a DDP
+    run logs what a 1-process run logs; unchanged without a process group."""
+    if not (D.is_initialized() and D.world_size() > 1):
+        return values
+    keys = sorted(k for k, v in values.items() if isinstance(v, int | float) and not isinstance(v, bool))
+    t = torch.tensor([float(values[k]) for k in keys], dtype=torch.float64)
+    if dist.get_backend() == "nccl":
+        t = t.cuda()
+    dist.all_reduce(t)
+    means = (t / D.world_size()).cpu().tolist()
+    return {**values, **dict(zip(keys, means))}
 
 
 class _LossModule(torch.nn.Module):
@@ -172,19 +275,20 @@ class Trainer:
         self._tb = None
         self.epoch = 0  # epochs completed
         self.step = 0  # optimiser steps taken
-        n = len(dataset) // D.world_size()
-        per_epoch = (n // cfg.batch_size) if cfg.drop_last else math.ceil(n / cfg.batch_size)
+        cfg.check()
+        self.rank_batch = rank_batch_size(cfg)  # the global batch split over the ranks
+        per_epoch = batches_per_epoch(len(dataset), cfg)
         if per_epoch == 0:
             raise ValueError(
                 f"dataset of {len(dataset)} samples is smaller than one batch of {cfg.batch_size} "
-                f"(per rank, drop_last={cfg.drop_last}); lower the batch size"
+                f"(drop_last={cfg.drop_last}); lower the batch size"
             )
         if per_epoch < cfg.grad_accum:
             raise ValueError(
                 f"grad_accum={cfg.grad_accum} is more than the {per_epoch} batches of an epoch: "
                 f"no optimiser step would ever run; lower grad_accum or the batch size"
             )
-        self.steps_per_epoch = per_epoch // cfg.grad_accum
+        self.steps_per_epoch = steps_per_epoch(len(dataset), cfg)
         self.total_steps = self.steps_per_epoch * cfg.epochs
 
     # ------------------------------------------------------------------ checkpoints
@@ -216,9 +320,16 @@ class Trainer:
 
     def load_checkpoint(self, path: str | os.PathLike | None = None) -> None:
         path = Path(path) if path else self.checkpoint_path
-        if not path.exists():
+        if D.is_initialized() and D.world_size() > 1:
+            # rank 0 (the writer) reads it and sends it: no shared file system needed
+            state = None
+            if D.is_main() and path.exists():
+                state = torch.load(path, map_location="cpu", weights_only=True)
+            state = D.broadcast_object(state)
+        else:
+            state = torch.load(path, map_location=self.device, weights_only=True) if path.exists() else None
+        if state is None:
             raise FileNotFoundError(f"no checkpoint to resume from at {path}")
-        state = torch.load(path, map_location=self.device, weights_only=True)
         if state.get("config_identity") != self.cfg.identity():
             old = self.out / "config.json"
             hint = f" (the run's settings are in {old})" if old.exists() else ""
@@ -243,7 +354,9 @@ class Trainer:
         self.epoch, self.step = int(state["epoch"]), int(state["step"])
         self._history = [dict(r) for r in state.get("history", [])]
         self._truncate_log()
-        log.info("resumed from %s at epoch %d (step %d)", path, self.epoch, self.step)
+        (log.info if D.is_main() else log.debug)(
+            "resumed from %s at epoch %d (step %d)", path, self.epoch, self.step
+        )
 
     # ------------------------------------------------------------------ logging
     @property
@@ -289,22 +402,17 @@ class Trainer:
 
     # ------------------------------------------------------------------ the loop
     def _loader(self, epoch: int) -> DataLoader:
-        g = torch.Generator().manual_seed(self.cfg.seed * 100003 + epoch)
-        if D.is_initialized() and D.world_size() > 1:
-            sampler = DistributedSampler(
-                self.dataset, shuffle=True, seed=self.cfg.seed, drop_last=self.cfg.drop_last
-            )
-            sampler.set_epoch(epoch)
-        else:
-            sampler = RandomSampler(self.dataset, generator=g)
+        seed_value = self.cfg.seed * 100003 + epoch
+        g = torch.Generator().manual_seed(seed_value)  # the workers' seeds
+        batches = GlobalBatchSampler(
+            len(self.dataset), self.cfg.batch_size, self.cfg.drop_last, seed_value, D.rank(), D.world_size()
+        )
         w = self.cfg.num_workers
         return DataLoader(
             self.dataset,
-            batch_size=self.cfg.batch_size,
-            sampler=sampler,
+            batch_sampler=batches,
             num_workers=w,
             collate_fn=self.collate_fn,
-            drop_last=self.cfg.drop_last,
             pin_memory=self.device.type == "cuda",
             generator=g,
             persistent_workers=False,
@@ -323,14 +431,17 @@ class Trainer:
 
     def fit(self, resume: bool = False) -> list[dict[str, Any]]:
         """Train to ``cfg.epochs``; with ``resume`` continue from ``last.pt``. Returns epoch logs."""
-        self.out.mkdir(parents=True, exist_ok=True)
+        if D.is_main():  # rank 0 is the only writer (checkpoint, config, metrics)
+            self.out.mkdir(parents=True, exist_ok=True)
         self._history = []
         if D.is_main():  # temp files of writes a kill interrupted (atomic_path names them .NAME.*.tmp)
             for stale in self.out.glob(".*.tmp"):
                 stale.unlink(missing_ok=True)
+        # rank 0's view of the folder decides for every rank (they need not share a file system)
+        has_checkpoint = D.broadcast_object(self.checkpoint_path.exists() if D.is_main() else None)
         if resume:
             self.load_checkpoint()
-        elif self.checkpoint_path.exists():
+        elif has_checkpoint:
             raise ResumeError(
                 f"{self.out} already holds a checkpoint; pass --resume to continue it or choose another --out"
             )
@@ -412,15 +523,14 @@ class Trainer:
                     self.optimizer.step()
                 self.optimizer.zero_grad(set_to_none=True)
                 self.step += 1
-                if self.step % cfg.log_every == 0:
+                if self.step % cfg.log_every == 0:  # (the same step on every rank)
                     self._log(
                         {
                             "kind": "step",
                             "epoch": epoch,
                             "step": self.step,
                             "lr": lr,
-                            "loss": float(loss.detach()),
-                            **logs,
+                            **_mean_over_ranks({"loss": float(loss.detach()), **logs}),
                         }
                     )
                 bar.set_postfix(loss=f"{float(loss.detach()):.4f}")
@@ -431,17 +541,14 @@ class Trainer:
                 "epoch": epoch,
                 "step": self.step,
                 "time_s": time.perf_counter() - t0,
-                "samples_per_s": n_batches
-                * cfg.batch_size
-                * D.world_size()
-                / max(1e-9, time.perf_counter() - t0),
-                **{k: v / max(1, n_batches) for k, v in sums.items()},
+                "samples_per_s": n_batches * cfg.batch_size / max(1e-9, time.perf_counter() - t0),
+                **_mean_over_ranks({k: v / max(1, n_batches) for k, v in sums.items()}),
             }
             if self.on_epoch_end is not None:
                 row.update(self.on_epoch_end(epoch, self) or {})
             self._log(row)
             history.append(row)
-            log.info(
+            (log.info if D.is_main() else log.debug)(
                 "epoch %d/%d: %s",
                 epoch + 1,
                 cfg.epochs,

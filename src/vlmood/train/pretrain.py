@@ -31,7 +31,8 @@ from PIL import Image, ImageFilter, ImageOps
 from torch.utils.data import Dataset
 
 from vlmood import distributed as D
-from vlmood.data.base import DataError
+from vlmood.data.base import DataError, is_within
+from vlmood.data.templates import render
 from vlmood.train.engine import TrainConfig, Trainer
 from vlmood.utils import atomic_path, sha256_json
 
@@ -102,6 +103,11 @@ def load_pairs(dirs: Sequence[str | os.PathLike], exclude: set[str] | None = Non
                 cap = (row.get("caption") or "").strip()
                 if not cap:
                     continue
+                if not is_within(row["path"], d):
+                    raise DataError(
+                        f"{f}:{reader.line_num}: path {row['path']!r} leaves the source folder {d}; "
+                        "pairs.csv paths must be relative paths inside it"
+                    )
                 p = os.path.realpath(d / row["path"])  # symlinks and '..' must not dodge exclusions
                 target = dropped if p in exclude else used
                 target.paths.append(p)
@@ -280,7 +286,7 @@ def pretrain(cfg: PretrainConfig, resume: bool = False, progress: bool = True) -
     cap_index = {c: i for i, c in enumerate(uniq)}
     caption_ids = [cap_index[c] for c in used.captions]
     n_t = len(cfg.templates)
-    texts = [t.format(c) for c in uniq for t in cfg.templates]
+    texts = [render(t, c) for c in uniq for t in cfg.templates]
     cfg.train.extra = {
         **cfg.train.extra,
         "pairs": sha256_json([used.paths, used.captions]),
