@@ -138,3 +138,103 @@ def test_interrupt_says_how_to_resume(sig, data, tmp_path):
     p = subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
     assert_one_line(p, 1, "interrupted", "rerun")
     assert not (tmp_path / "out" / "results.json").exists()
+
+
+def fit_args(data, out: Path, *extra: str) -> list[str]:
+    return ["fit", "coop", "--model", "tiny-test", "--id", str(data["id"]), "--workers", "0"] + [
+        "--no-progress",
+        "--out",
+        str(out),
+        *extra,
+    ]
+
+
+FIT_CASES = [
+    ("param not an int", ["--param", "n_ctx=abc"], ["n_ctx", "integer", "abc"]),
+    ("param not KEY=VALUE", ["--param", "n_ctx"], ["n_ctx", "KEY=VALUE"]),
+    ("train batch size 0", ["--train-batch-size", "0"], ["batch", "positive"]),
+    ("shots 0", ["--shots", "0"], ["shots", ">= 1"]),
+    ("epochs 0", ["--epochs", "0"], ["epochs", "positive"]),
+    ("ood given to fit", ["--ood", "x=/tmp"], ["--ood"]),
+]
+
+
+@pytest.mark.parametrize("case", FIT_CASES, ids=[c[0] for c in FIT_CASES])
+def test_fit_mistakes_give_one_line(case, data, tmp_path):
+    _, extra, needles = case
+    out = tmp_path / "adapter"
+    p = run(fit_args(data, out, *extra), cache=tmp_path)
+    assert_one_line(p, 2, *needles)
+    assert not out.exists(), "a refused fit must not leave output"
+
+
+def test_fit_out_is_an_existing_file(data, tmp_path):
+    f = tmp_path / "adapter.bin"
+    f.write_bytes(b"x")
+    assert_one_line(run(fit_args(data, f), cache=tmp_path), 2, "existing file")
+    assert f.read_bytes() == b"x"
+
+
+@pytest.mark.parametrize(
+    "template, words",
+    [
+        ("a photo of a {x}.", ["{x}"]),
+        ("a photo of a {{}}.", ["placeholder"]),
+        ("{} {:>300000000}", ["{:>300000000}"]),
+    ],
+    ids=["named field", "escaped braces only", "format spec"],
+)
+def test_bad_template_file_gives_one_line(template, words, data, tmp_path):
+    f = tmp_path / "templates.txt"
+    f.write_text(f"a photo of a {{}}.\n{template}\n")
+    p = run(eval_args(data, tmp_path / "out", "--templates", str(f)), cache=tmp_path)
+    assert_one_line(p, 2, f"{f}:2", *words)
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("command", ["cache", "fit"])
+def test_ctrl_c_during_cache_and_fit(command, data, tmp_path):
+    hook = tmp_path / "hook"
+    hook.mkdir()
+    (hook / "sitecustomize.py").write_text(
+        "import time\n"
+        "import vlmood.data.sources as S\n"
+        "_open = S.open_image\n"
+        "def _slow(path):\n"
+        "    time.sleep(0.5)\n"
+        "    return _open(path)\n"
+        "S.open_image = _slow\n"
+    )
+    env = dict(os.environ, VLMOOD_CACHE=str(tmp_path / "cache"), PYTHONPATH=str(hook))
+    if command == "cache":
+        args = [
+            "cache",
+            "--model",
+            "tiny-test",
+            "--id",
+            str(data["id"]),
+            "--ood",
+            f"far/digits={data['ood']}",
+            "--workers",
+            "0",
+            "--no-progress",
+            "--batch-size",
+            "2",
+        ]
+    else:
+        args = fit_args(data, tmp_path / "adapter", "--batch-size", "2")
+    proc = subprocess.Popen(
+        [EXE, *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+        start_new_session=True,
+    )
+    time.sleep(8)
+    os.killpg(proc.pid, signal.SIGINT)
+    out, err = proc.communicate(timeout=120)
+    p = subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
+    assert_one_line(p, 1, "interrupted", "--resume" if command == "fit" else "rerun")
+    leftovers = [q for q in tmp_path.rglob("*.tmp")]
+    assert not leftovers, leftovers

@@ -351,18 +351,21 @@ def build_parser() -> argparse.ArgumentParser:
 def _build_sets(args: argparse.Namespace):
     from vlmood.eval.sets import sets_from_args
 
-    return sets_from_args(
-        benchmark=args.benchmark,
-        root=args.root,
-        id_data=args.id_data,
-        classnames=args.classnames,
-        ood=args.ood,
-        train=args.train,
-        classnames_order=getattr(args, "classnames_order", None),
-        allow_outside_root=getattr(args, "allow_outside_root", False),
-        only=getattr(args, "sets", None),
-        skip_missing=getattr(args, "skip_corrupt", False),
-    )
+    return sets_from_args(ood=args.ood, only=getattr(args, "sets", None), **_data_inputs(args))
+
+
+def _data_inputs(args: argparse.Namespace) -> dict[str, Any]:
+    """The data options eval, cache, study and fit share (how sets are found and checked)."""
+    return {
+        "benchmark": args.benchmark,
+        "root": args.root,
+        "id_data": args.id_data,
+        "train": args.train,
+        "classnames": args.classnames,
+        "classnames_order": getattr(args, "classnames_order", None),
+        "allow_outside_root": getattr(args, "allow_outside_root", False),
+        "skip_missing": getattr(args, "skip_corrupt", False),
+    }
 
 
 def _templates(args: argparse.Namespace, sets) -> tuple[list[str], str]:
@@ -577,16 +580,7 @@ def cmd_fit(args: argparse.Namespace) -> int:
     check_shots(args.shots)
     D.init_distributed()
     rank_batch_size(cfg)  # the global batch must split over the torchrun processes
-    ts = training_source(
-        benchmark=args.benchmark,
-        root=args.root,
-        id_data=args.id_data,
-        train=args.train,
-        classnames=args.classnames,
-        classnames_order=getattr(args, "classnames_order", None),
-        allow_outside_root=getattr(args, "allow_outside_root", False),
-        skip_missing=args.skip_corrupt,
-    )
+    ts = training_source(**_data_inputs(args))
     if D.is_initialized() and _auto_device(args.device) == "cuda":
         args.device = str(D.default_device())  # one GPU per rank (LOCAL_RANK)
     model = _load_model(args)
