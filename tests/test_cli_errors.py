@@ -34,6 +34,16 @@ def run(args: list[str], env_extra: dict[str, str] | None = None, timeout: float
     return subprocess.run([EXE, *args], capture_output=True, text=True, timeout=timeout, env=env, **kw)
 
 
+def _wait_for_extraction(cache: Path, proc: subprocess.Popen, limit_s: float = 120) -> None:
+    """Until the run has started encoding images (its cache entry exists), then a little more."""
+    end = time.monotonic() + limit_s
+    while time.monotonic() < end and proc.poll() is None:
+        if list(cache.glob("*/*")):  # a lock or an entry folder: encoding has begun
+            break
+        time.sleep(0.1)
+    time.sleep(1.0)
+
+
 def eval_args(data, out: Path, *extra: str) -> list[str]:
     return [
         "eval",
@@ -132,7 +142,7 @@ def test_interrupt_says_how_to_resume(sig, data, tmp_path):
         env=env,
         start_new_session=True,
     )
-    time.sleep(8)
+    _wait_for_extraction(tmp_path / "cache", proc)
     os.killpg(proc.pid, sig)
     out, err = proc.communicate(timeout=120)
     p = subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
@@ -231,7 +241,7 @@ def test_ctrl_c_during_cache_and_fit(command, data, tmp_path):
         env=env,
         start_new_session=True,
     )
-    time.sleep(8)
+    _wait_for_extraction(tmp_path / "cache", proc)
     os.killpg(proc.pid, signal.SIGINT)
     out, err = proc.communicate(timeout=120)
     p = subprocess.CompletedProcess(proc.args, proc.returncode, out, err)

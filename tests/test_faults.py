@@ -501,7 +501,24 @@ def test_kill_9_during_cache_then_rerun_gives_the_uninterrupted_result(tmp_path)
     env = dict(os.environ, VLMOOD_CACHE=str(cache))
     cmd = [EXE, "cache", "--model", "tiny-test", "--device", "cpu", "--id", str(data / "id")]
     cmd += ["--ood", f"noise={data / 'ood'}", "--workers", "0", "--no-progress"]
-    p = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    # past the first chunk, decoding slows down (injected with sitecustomize), so the kill surely
+    # lands in the second chunk however fast or loaded the machine is
+    hook = tmp_path / "hook"
+    hook.mkdir()
+    (hook / "sitecustomize.py").write_text(
+        "import time\n"
+        "import vlmood.data.sources as S\n"
+        "_open, _n = S.open_image, [0]\n"
+        "def _slow(path):\n"
+        "    _n[0] += 1\n"
+        "    if _n[0] > 2060:\n"
+        "        time.sleep(1.0)\n"
+        "    return _open(path)\n"
+        "S.open_image = _slow\n"
+    )
+    p = subprocess.Popen(
+        cmd, env=dict(env, PYTHONPATH=str(hook)), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
     try:
         for _ in range(1200):
             if list(cache.glob("images/*/chunks/000000.npz")) or p.poll() is not None:
