@@ -417,3 +417,27 @@ def test_two_process_fit_refuses_a_batch_it_cannot_split(digits, tmp_path):
     # (torchrun's launcher adds its own report of the failed children)
     assert "vlmood fit: error: batch size 5 is the global batch and must split evenly over the 2" in p.stderr
     assert not (tmp_path / "two").exists()
+
+
+def test_a_fit_that_fails_before_its_first_checkpoint_leaves_nothing(digits, tmp_path, monkeypatch, capsys):
+    """Before: a check after the few-shot sampling (e.g. CoOp's batch larger than the data)
+    failed with split.json already written into --out."""
+    import vlmood.methods.base as B
+
+    monkeypatch.setenv("VLMOOD_CACHE", str(tmp_path / "cache"))
+    real = B.resolve_train_config
+
+    def refuse(*a, **k):
+        raise UsageError("the training set has 3 samples, fewer than one batch (--train-batch-size)")
+
+    monkeypatch.setattr(B, "resolve_train_config", refuse)
+    out = tmp_path / "ad"
+    rc = main(_fit_args(digits, out))
+    err = capsys.readouterr().err
+    assert rc == 2 and "--train-batch-size" in err and "Traceback" not in err
+    assert not out.exists()
+    monkeypatch.setattr(B, "resolve_train_config", real)
+    # --resume on a folder without a checkpoint starts afresh instead of failing
+    rc = main(_fit_args(digits, out, "--resume"))
+    assert rc == 0, capsys.readouterr().err
+    assert (out / "adapter.json").exists()

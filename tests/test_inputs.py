@@ -241,6 +241,35 @@ def test_list_and_csv_entries_outside_root_refused(tmp_path):
         load_source(csv, classnames=["x"])
 
 
+def test_relative_root_is_not_joined_twice(tmp_path, monkeypatch):
+    """A relative --root: '../' entries must be refused as with an absolute one (the check used
+    to join the relative root to itself, letting as many '..' as the root has parts through)."""
+    _img(tmp_path / "data" / "imgs" / "a.png", 1)
+    _img(tmp_path / "data" / "other" / "b.png", 2)
+    lists = tmp_path / "lists"
+    lists.mkdir()
+    (lists / "l.txt").write_text("a.png\n../other/b.png\n")
+    (lists / "l.csv").write_text("path\na.png\nx/../../other/b.png\n")
+    monkeypatch.chdir(tmp_path)
+    for f in ("lists/l.txt", "lists/l.csv"):
+        with pytest.raises(DataError, match="leaves the data root"):
+            load_source(f, root="data/imgs")
+    assert len(load_source("lists/l.txt", root="data/imgs", allow_outside_root=True)) == 2
+
+
+def test_text_template_lines_starting_with_a_brace_stay_templates(tmp_path):
+    from vlmood.data.templates import load_templates
+
+    for line in ("{} in the wild.", "{c} in the wild.", "{}"):
+        f = tmp_path / "t.txt"
+        f.write_text(line + "\n")
+        assert load_templates(f)[0] == [line.replace("{c}", "{}")]
+    f = tmp_path / "t.json"
+    f.write_text("{} in the wild.")
+    with pytest.raises(DataError, match="invalid JSON"):
+        load_templates(f)
+
+
 def test_symlink_outside_refused_and_loops_walked_once(tmp_path):
     root = _folder(tmp_path / "ds", ["cat", "dog"])
     _img(tmp_path / "elsewhere" / "e.png", 4)
@@ -477,7 +506,9 @@ def test_cli_example_eval_records_by_name_mapping(tmp_path):
     assert res["classnames"]["mapping"] == "by-name"
     assert res["classnames"]["names"] == ["zero", "one", "two", "three", "four"]
     assert isinstance(res["warnings"], list)
+    assert res["datasets"]["id"]["class_folders"]["four"] == "four"  # recorded: which folder got which name
     sets = sets_from_args(benchmark=str(ex / "example.yaml")).eval_sets
+    assert res["datasets"]["id"]["walk"]["files"] == len(sets.id)
     assert _labels_by_folder(sets.id)["four"] == res["classnames"]["names"].index("four")
     assert res["datasets"]["id"]["cache"]["fingerprint"] == sets.id.fingerprint("stat")
     assert res["datasets"]["ood"]["photo-crops"]["n"] == sets.ood[1].source.__len__()

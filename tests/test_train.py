@@ -165,7 +165,7 @@ def test_gradient_accumulation_matches_large_batch(tmp_path):
 
 
 def test_too_small_dataset_and_bad_optimizer(tmp_path):
-    with pytest.raises(ValueError, match="smaller than one batch"):
+    with pytest.raises(ValueError, match="fewer than one batch"):
         Trainer(Net(), _data(n=4), mse, _cfg(), tmp_path / "s", progress=False)
     with pytest.raises(ValueError, match="unknown optimizer"):
         Trainer(Net(), _data(), mse, _cfg(optimizer="lion"), tmp_path / "s", progress=False)

@@ -122,7 +122,7 @@ def _add_data_args(p: argparse.ArgumentParser) -> None:
         choices=["by-name", "sorted"],
         default=None,
         help="sorted: give a bare class-name list that is not the folder names to the sorted class "
-        "folders by position (refused otherwise; the mapping used is recorded in results.json)",
+        "folders by position (refused otherwise; the mapping used is recorded in results.json or adapter.json)",
     )
     p.add_argument(
         "--allow-outside-root",
@@ -143,7 +143,9 @@ def _add_data_args(p: argparse.ArgumentParser) -> None:
         metavar="[GROUP/]NAME=PATH",
         help="an OOD set, repeatable; GROUP is near or far, e.g. --ood far/textures=/data/dtd",
     )
-    p.add_argument("--train", help="ID training set (for knn, mahalanobis)")
+    p.add_argument(
+        "--train", help="ID training set (eval: the bank of knn and mahalanobis; fit: the images to train on)"
+    )
     p.add_argument(
         "--skip-corrupt",
         action="store_true",

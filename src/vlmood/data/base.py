@@ -27,6 +27,7 @@ class CorruptImageError(DataError):
 
     def __init__(self, path: str | os.PathLike, reason: str) -> None:
         self.path = str(path)
+        self.reason = reason
         super().__init__(
             f"cannot read image {self.path}: {reason}. Fix or remove the file, or pass "
             f"--skip-corrupt to skip unreadable images (skipped files are recorded in the result)."
@@ -109,7 +110,8 @@ OUTSIDE_ROOT_FIX = "move it under the root, or pass --allow-outside-root (API: a
 
 
 def is_within(path: str | os.PathLike, root: str | os.PathLike) -> bool:
-    """True when ``path`` (made absolute and normalised, '..' collapsed) lies under ``root``.
+    """True when ``path`` (absolute, or relative to ``root``; normalised, '..' collapsed) lies
+    under ``root``. Pass the path as written, not already joined to a relative root.
 
     The test is on the path as written, so a data root that is itself a symlink, or holds
     symlinked dataset folders, still counts as the root; symlinks *inside* class folders are
@@ -135,7 +137,7 @@ def resolve(
     p = Path(path)
     if not p.is_absolute() and root is not None:
         p = Path(root) / p
-    if not allow_outside_root and root is not None and not is_within(p, root):
+    if not allow_outside_root and root is not None and not is_within(path, root):
         raise DataError(
             f"{what or path}: path {os.fspath(path)!r} leaves the data root {Path(root).absolute()}; "
             f"{OUTSIDE_ROOT_FIX}"

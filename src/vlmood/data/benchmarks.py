@@ -179,7 +179,7 @@ class Benchmark:
             c = base / value
             if not c.is_file():
                 continue
-            if allow_outside_root or is_within(c, base):
+            if allow_outside_root or is_within(value, base):
                 return str(c)
             outside = c
         if outside is not None:
@@ -291,7 +291,7 @@ class Benchmark:
         rootp = self.data_dir(root)
         path = rootp / spec.path
         for fld, value in ((spec.kind if spec.kind != "auto" else "source", spec.path), ("root", spec.root)):
-            if value is not None and not allow_outside_root and not is_within(rootp / value, rootp):
+            if value is not None and not allow_outside_root and not is_within(value, rootp):
                 raise DataError(
                     f"{self.origin}: field '{spec.key}.{fld}': {value!r} leaves the data root {rootp}; "
                     f"{OUTSIDE_ROOT_FIX}"

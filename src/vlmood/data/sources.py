@@ -710,11 +710,11 @@ class ImageDataset(_TorchDataset):
         except CorruptImageError as e:
             if self.report_errors:
                 if self.skip_corrupt:
-                    log.warning("skipping unreadable image %s (%s)", sample.path, e)
+                    log.warning("skipping unreadable image %s (%s)", sample.path, e.reason)
                 return self.placeholder(), i, False, str(e)
             if not self.skip_corrupt:
                 raise
-            log.warning("skipping unreadable image %s (%s)", sample.path, e)
+            log.warning("skipping unreadable image %s (%s)", sample.path, e.reason)
             return self.placeholder(), i, False
         return (self._apply(img), i, True, "") if self.report_errors else (self._apply(img), i, True)
 

@@ -165,9 +165,21 @@ def render_prompts(classnames: Sequence[str], templates: Sequence[str]) -> list[
 
 def parse_templates(text: str, origin: str = "<text>") -> list[str]:
     """Parse templates: one per line (blank lines and ``#`` comments skipped), a JSON list of
-    templates, or a JSON dict class name -> list of prompts (CuPL; prompts are literal text)."""
-    if text.lstrip().startswith(("[", "{")):
+    templates, or a JSON dict class name -> list of prompts (CuPL; prompts are literal text).
+
+    A ``.json`` file is always JSON; any other text is JSON only when it parses as a JSON list or
+    dict, so a text line such as ``{} in the wild.`` or ``{c} art`` stays a template.
+    """
+    head = text.lstrip()
+    if origin.lower().endswith(".json"):
         return _parse_json_templates(text, origin)
+    if head.startswith(("[", "{")):
+        try:
+            obj = json.loads(head)
+        except json.JSONDecodeError:
+            obj = None
+        if isinstance(obj, list) or (isinstance(obj, dict) and obj):
+            return _parse_json_templates(text, origin)
     out: list[str] = []
     for lineno, raw in enumerate(text.splitlines(), 1):
         line = raw.strip()

@@ -203,6 +203,14 @@ def _dataset_record(fs: FeatureSet, group: str | None = None) -> dict[str, Any]:
         "skipped": fs.skipped,
         "cache": cache_info(fs),
     }
+    meta = fs.source.meta
+    if meta.get("walk"):  # what a folder walk read and skipped (revisited folders, non-regular files)
+        rec["walk"] = meta["walk"]
+    if meta.get("classnames_mapping"):
+        rec["classnames_mapping"] = meta["classnames_mapping"]
+    if meta.get("folder_labels") and fs.source.classnames:  # which folder got which class name
+        names = fs.source.classnames
+        rec["class_folders"] = {f: names[i] for f, i in meta["folder_labels"].items() if 0 <= i < len(names)}
     if group:
         rec["group"] = group
     return rec

@@ -143,7 +143,7 @@ def sets_from_args(
     check_sets_exist(es, allow_missing=skip_missing)
     es.warnings = input_warnings(es)
     for w in es.warnings:
-        log.warning("WARNING: %s", w)
+        log.warning("%s", w)
     return resolved
 
 

@@ -22,6 +22,7 @@ import json
 import logging
 import os
 import platform
+import shutil
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
@@ -36,7 +37,7 @@ from vlmood import distributed as D
 from vlmood.data.base import DataError, ImageSource
 from vlmood.errors import UsageError, VlmoodError
 from vlmood.registry import Registry
-from vlmood.train.engine import TrainConfig
+from vlmood.train.engine import CHECKPOINT_NAME, TrainConfig
 from vlmood.utils import atomic_path, atomic_write_json, sha256_json
 
 log = logging.getLogger(__name__)
@@ -799,8 +800,55 @@ def fit_method(
     out = check_out_dir(out_dir)
     shots = check_shots(shots)
     _check_run(cfg, model)  # settings, batch / world size, precision: before any work
+    created = D.is_main() and not out.exists()
     if D.is_main():
         out.mkdir(parents=True, exist_ok=True)
+    checkpoint = out / "train" / CHECKPOINT_NAME
+    if resume and not D.broadcast_object(checkpoint.exists() if D.is_main() else None):
+        log.info("%s holds no checkpoint yet (stopped before the first epoch ended): starting afresh", out)
+        resume = False
+    try:
+        return _fit_into(
+            method,
+            model,
+            data,
+            out,
+            cfg,
+            shots,
+            seed,
+            split_file,
+            classnames,
+            cache_root,
+            progress,
+            extract_options,
+            device,
+            resume,
+        )
+    except BaseException:
+        # a run that stopped before its first checkpoint leaves nothing (a rerun starts afresh);
+        # with a checkpoint the folder stays for --resume
+        if created and not checkpoint.exists():
+            shutil.rmtree(out, ignore_errors=True)
+        raise
+
+
+def _fit_into(
+    method,
+    model,
+    data,
+    out,
+    cfg,
+    shots,
+    seed,
+    split_file,
+    classnames,
+    cache_root,
+    progress,
+    extract_options,
+    device,
+    resume,
+) -> Path:
+    """fit_method's work once the inputs are checked and ``out`` exists."""
     seed = cfg.seed if seed is None else seed
     td = prepare_data(
         method, model, data, out, shots, seed, split_file, classnames, cache_root, progress, extract_options

@@ -279,9 +279,10 @@ class Trainer:
         self.rank_batch = rank_batch_size(cfg)  # the global batch split over the ranks
         per_epoch = batches_per_epoch(len(dataset), cfg)
         if per_epoch == 0:
-            raise ValueError(
-                f"dataset of {len(dataset)} samples is smaller than one batch of {cfg.batch_size} "
-                f"(drop_last={cfg.drop_last}); lower the batch size"
+            raise UsageError(
+                f"the training set has {len(dataset)} samples, fewer than one batch of {cfg.batch_size} "
+                f"(drop_last={cfg.drop_last}): lower the batch size (vlmood fit --train-batch-size N) "
+                f"or train on more images (--shots)"
             )
         if per_epoch < cfg.grad_accum:
             raise ValueError(
