@@ -14,6 +14,7 @@ The path data takes:
 
 from __future__ import annotations
 
+import copy
 import logging
 import os
 import shutil
@@ -96,6 +97,16 @@ class ScoreSpec:
     name: str
     params: dict[str, Any] = field(default_factory=dict)
     display: str | None = None  # a label to show instead of name(params)
+    # a Score object to run instead of creating ``name`` from the registry (the Python API accepts
+    # instances of unregistered Score subclasses); each run fits its own copy
+    instance: Any = field(default=None, repr=False, compare=False)
+
+    @classmethod
+    def of(cls, score: Any, display: str | None = None) -> ScoreSpec:
+        """The spec of a Score object: named by its registered name when its own class is
+        registered, else by its class name; its parameters are ``score.params()``."""
+        name = type(score).__dict__.get("registered_name") or type(score).__name__
+        return cls(str(name), dict(score.params()), display, instance=score)
 
     @property
     def label(self) -> str:
@@ -105,6 +116,42 @@ class ScoreSpec:
             return self.name
         inner = ",".join(f"{k}={v}" for k, v in sorted(self.params.items()))
         return f"{self.name}({inner})"
+
+    def record(self) -> dict[str, Any]:
+        """JSON-ready description (name, params, display; a Score object's class as ``module.Name``)."""
+        out: dict[str, Any] = {"name": self.name, "params": dict(self.params), "display": self.display}
+        if self.instance is not None:
+            out["class"] = score_class_name(self.instance)
+        return out
+
+
+def score_class_name(score: Any) -> str:
+    return f"{type(score).__module__}.{type(score).__qualname__}"
+
+
+def parse_score_text(text: str, flag: str = "--score") -> list[ScoreSpec]:
+    """``mcm`` | ``mcm,energy`` | ``neglabel:ngroup=10,temperature=0.01`` -> ScoreSpecs.
+
+    A comma-separated list of names, or one name followed by ``:`` and ``key=value`` pairs
+    (values typed by :func:`vlmood.params.parse_kv`: ``1``, ``0.5``, ``true``, ``null``).
+    UsageError (naming ``flag``) for a malformed text.
+    """
+    from vlmood.params import parse_kv
+
+    if ":" in text:
+        name, _, rest = text.partition(":")
+        params = {}
+        for part in filter(None, (p.strip() for p in rest.split(","))):
+            if "=" not in part:
+                raise UsageError(
+                    f"{flag} {text!r}: parameter {part!r} is not key=value (e.g. {name.strip()}:{part}=1.0)"
+                )
+            k, v = parse_kv(part, f"{flag} {text!r}: parameter")
+            params[k] = v
+        if not name.strip():
+            raise UsageError(f"{flag} {text!r}: no score name before ':'")
+        return [ScoreSpec(name.strip(), params)]
+    return [ScoreSpec(n.strip()) for n in text.split(",") if n.strip()]
 
 
 @dataclass
@@ -124,6 +171,11 @@ class EvalOptions:
     # per-image cosines, probes logits on their cached feature kind
     adapter: Any = None
     adapter_info: dict[str, Any] | None = None
+    # when given, filled in place: score label -> that score's raw arrays (the keys of
+    # scores/<label>.npz); the Python API keeps them in memory this way
+    raw_scores: dict[str, dict[str, np.ndarray]] | None = None
+    # a name for the run (``--label``), recorded in results.json; ``vlmood report`` shows it
+    label: str | None = None
 
     def extract_kwargs(self) -> dict[str, Any]:
         """The ``extract_features`` options these settings imply (also used for training data)."""
@@ -158,6 +210,9 @@ def build_scores(specs: Sequence[ScoreSpec]) -> list[tuple[ScoreSpec, Any]]:
 
     out = []
     for spec in specs:
+        if spec.instance is not None:  # a Score object: run a copy (the caller's stays unfitted)
+            out.append((spec, copy.deepcopy(spec.instance)))
+            continue
         factory = SCORES.get(spec.name)
         params = check_params(factory, spec.params, f"score {spec.name!r}")
         # labels keep the value as written when it is the same number (2 for 2.0); a value the
@@ -253,7 +308,7 @@ def run_eval(
     model: VLM,
     sets: EvalSets,
     scores: Sequence[ScoreSpec],
-    out_dir: str | os.PathLike,
+    out_dir: str | os.PathLike | None,
     opts: EvalOptions,
 ) -> dict[str, Any]:
     """Evaluate every score on ``sets``; write results.json (+ raw scores) and return the results dict.
@@ -261,7 +316,13 @@ def run_eval(
     Outputs are written into a temporary sibling folder (``.OUT.PID@HOST.XXXX.tmp``) that replaces
     ``out_dir`` only when the run is complete: a run that fails or is killed half way leaves the
     previous run's folder as it was (and its temporary folder is swept by a later run).
+
+    ``out_dir=None`` writes nothing that stays: score artifacts (e.g. NegLabel's mined labels) go to
+    a temporary folder deleted when the run ends, raw scores are not saved (``opts.raw_scores``
+    keeps them in memory), and paths into that folder are None in the returned dict.
     """
+    if out_dir is None:
+        return _run_eval_in_memory(model, sets, scores, opts)
     final = check_out_dir(out_dir)
     if not D.is_main():
         return _run_eval(model, sets, scores, final, opts)  # only rank 0 writes
@@ -287,10 +348,26 @@ def run_eval(
     return results
 
 
-def _retarget(obj: Any, old: str, new: str) -> Any:
-    """``obj`` with every string path under ``old`` moved under ``new``."""
+def _run_eval_in_memory(
+    model: VLM, sets: EvalSets, scores: Sequence[ScoreSpec], opts: EvalOptions
+) -> dict[str, Any]:
+    """run_eval without an output folder (see :func:`run_eval`)."""
+    import dataclasses
+
+    tmp = tempfile.mkdtemp(prefix="vlmood-eval-", suffix=".tmp")
+    try:
+        results = _run_eval(model, sets, scores, tmp, dataclasses.replace(opts, save_scores=False))
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return _retarget(results, tmp, None)
+
+
+def _retarget(obj: Any, old: str, new: str | None) -> Any:
+    """``obj`` with every string path under ``old`` moved under ``new`` (None: replaced by None)."""
     if isinstance(obj, str):
-        return new + obj[len(old) :] if obj == old or obj.startswith(old + os.sep) else obj
+        if obj == old or obj.startswith(old + os.sep):
+            return None if new is None else new + obj[len(old) :]
+        return obj
     if isinstance(obj, dict):
         return {k: _retarget(v, old, new) for k, v in obj.items()}
     if isinstance(obj, list):
@@ -317,21 +394,20 @@ def _run_eval(
     if len(set(labels_seen)) != len(labels_seen):
         raise ValueError(f"the same score was requested twice: {labels_seen}")
     adapter = opts.adapter
-    head_kind = H.head_kind(adapter)
+    head_type = H.head_type(adapter)
+    head_kind = head_type.kind
     if adapter is not None:
         if list(adapter.classnames) != list(sets.classnames):
             raise ValueError(
                 f"the adapter ({adapter.method}) was trained for {len(adapter.classnames)} classes other "
                 f"than this ID set's {len(sets.classnames)}; evaluate it on the classes it learned"
             )
-        bad = [
-            f"{spec.label}: {why}" for spec, sc in score_objs if (why := H.unsupported_reason(sc, head_kind))
-        ]
+        bad = [f"{spec.label}: {why}" for spec, sc in score_objs if (why := H.unsupported(sc, head_type))]
         if bad:
             raise ValueError(
                 f"score(s) not defined for a {adapter.method} adapter ({head_kind} head): " + "; ".join(bad)
             )
-    head_feature = getattr(adapter, "feature_kind", "image") if head_kind == "probe" else "image"
+    head_feature = "image" if adapter is None else adapter.feature_kind  # what the head's matrix reads
     set_kinds = list(dict.fromkeys(["image", head_feature]))
     kinds = list(set_kinds)
     for _, sc in score_objs:
@@ -367,7 +443,7 @@ def _run_eval(
     # the base zero-shot classifier: the head of a zero-shot run; with a conditional or probe
     # adapter still what NegLabel mines its negatives against
     base_text = None
-    if head_kind != "text" or adapter is None:
+    if "text_features" not in head_type.provides or adapter is None:
         base_text = class_text_features(
             model, sets.classnames, opts.templates, opts.cache_dir, progress=opts.progress
         )
@@ -375,7 +451,7 @@ def _run_eval(
         head: H.ClassHead = H.TextHead(base_text, model.logit_scale)
     else:
         head = H.head_for_adapter(adapter, model)
-    text = head.text if isinstance(head, H.TextHead) else base_text
+    text = head.text_features if head.text_features is not None else base_text
     timings["text_s"] = time.perf_counter() - t
 
     matrices: dict[str, np.ndarray] = {}
@@ -389,8 +465,8 @@ def _run_eval(
     t = time.perf_counter()
     id_labels = id_fs.valid_labels()
     id_accuracy = (
-        zero_shot_accuracy(id_fs.get("image"), head.text, id_labels)
-        if isinstance(head, H.TextHead)  # chunked; no [N, K] matrix kept
+        zero_shot_accuracy(id_fs.get("image"), head.text_features, id_labels)
+        if head.text_features is not None  # chunked; no [N, K] matrix kept
         else matrix_accuracy(head_matrix("id", id_fs), id_labels)
     )
     timings["head_s"] = time.perf_counter() - t
@@ -398,6 +474,7 @@ def _run_eval(
         "schema": RESULTS_SCHEMA,
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "command": opts.command,
+        **({"label": opts.label} if opts.label else {}),
         "benchmark": sets.benchmark,
         "model": {**model.identity.to_dict(), "logit_scale": model.logit_scale, "embed_dim": model.embed_dim},
         "device": str(model.device),
@@ -464,7 +541,7 @@ def _run_eval(
             logit_scale=head.logit_scale,
             cache_dir=str(out / "artifacts"),
             # a prompt adapter's class features are the ID side (NegLabel would re-encode the names)
-            extra={"id_features_given": adapter is not None and head_kind == "text"},
+            extra={"id_features_given": adapter is not None and head.text_features is not None},
         )
         sc.fit(ctx)
         fit_s = time.perf_counter() - t
@@ -472,7 +549,7 @@ def _run_eval(
         def run(key: str, fs: FeatureSet, sc=sc) -> np.ndarray:
             feats = {k: fs.get(k) for k in sc.requires}
             feats["image"] = fs.get("image")
-            matrix = None if head_kind == "text" else head_matrix(key, fs)
+            matrix = head_matrix(key, fs) if head.needs_matrix else None
             return H.score_with_head(sc, feats, head, matrix)
 
         id_scores = run("id", id_fs)
@@ -486,6 +563,7 @@ def _run_eval(
             per_set[o.name] = M.ood_metrics(id_scores, ood_scores)
         entry = {
             "name": spec.name,
+            **({"class": score_class_name(sc)} if spec.instance is not None else {}),
             "params": {**sc.params()},
             "requested_params": spec.params,
             "artifacts": sc.artifacts(),
@@ -494,6 +572,8 @@ def _run_eval(
             "fit_s": fit_s,
             "time_s": time.perf_counter() - t,
         }
+        if opts.raw_scores is not None:
+            opts.raw_scores[spec.label] = raw
         if opts.save_scores:
             path = out / "scores" / f"{_safe(spec.label)}.npz"
             path.parent.mkdir(parents=True, exist_ok=True)
@@ -521,8 +601,8 @@ def _labelled_accuracy(model, sets: EvalSets, ls: LabelledSet, fs, head, adapter
     labels = fs.valid_labels()
 
     def accuracy(h) -> float:
-        if isinstance(h, H.TextHead):
-            return zero_shot_accuracy(feats["image"], h.text, labels)
+        if h.text_features is not None:
+            return zero_shot_accuracy(feats["image"], h.text_features, labels)
         return matrix_accuracy(h.matrix(feats), labels)
 
     if ls.classnames == sets.classnames:

@@ -338,11 +338,17 @@ class Adapter:
     - ``feature_kind``: the cached image feature kind :meth:`similarities` / :meth:`logits` read.
     - ``adapts_image_encoder``: True when loading changed the model's own weights (UEO); image
       features must then be extracted again (the model identity says so, see ``mark_adapted``).
+
+    Every adapter yields a class head (:meth:`class_head`, of class :meth:`head_type`), through which
+    the post-hoc scores evaluate it (:mod:`vlmood.eval.heads`). The base gives a text head on
+    :meth:`text_features`; adapters without image-independent text features override both.
     """
 
     kind: str = "prompt"
     feature_kind: str = "image"
     adapts_image_encoder: bool = False
+    #: the artifact folder it was loaded from (set by :func:`load_adapter`)
+    path: str | None = None
 
     def __init__(self, model, info: dict[str, Any]) -> None:
         self.model = model
@@ -351,10 +357,31 @@ class Adapter:
         self.classnames: list[str] = list(info["classnames"])
         self.params: dict[str, Any] = dict(info.get("params", {}))
 
+    def __repr__(self) -> str:
+        return (
+            f"{type(self).__name__}(method={self.method!r}, kind={self.kind!r}, "
+            f"classes={len(self.classnames)}, key={self.key[:12]!r}, path={self.path!r})"
+        )
+
     @property
     def key(self) -> str:
         """Identity of this adapter (sha256 of its weights file and config)."""
         return str(self.info.get("adapter_key", ""))
+
+    @classmethod
+    def head_type(cls):
+        """The class of :meth:`class_head` (known before loading: scores are checked against its
+        ``provides`` before any work)."""
+        from vlmood.eval.heads import TextHead
+
+        return TextHead
+
+    def class_head(self, logit_scale: float):
+        """The class head this adapter is evaluated through; ``logit_scale``: the base model's
+        (heads whose similarities are already scaled, probes, ignore it)."""
+        from vlmood.eval.heads import TextHead
+
+        return TextHead(self.text_features(), logit_scale, self)
 
     def text_features(self) -> np.ndarray:
         """Normalised class text features [K, D] (float32)."""
@@ -527,7 +554,9 @@ def load_adapter(adapter_dir: str | os.PathLike, model, check_model: bool = True
             f"{d / ADAPTER_WEIGHTS} is not a readable safetensors file ({e}); {retrain}"
         ) from e
     verify_adapter_tensors(d, info, tensors)
-    return cls.build_adapter(model, info, tensors)
+    adapter = cls.build_adapter(model, info, tensors)
+    adapter.path = str(d)
+    return adapter
 
 
 def verify_adapter_tensors(d: Path, info: dict[str, Any], tensors: dict[str, torch.Tensor]) -> None:

@@ -132,6 +132,18 @@ class CoCoOpAdapter(Adapter):
         self.text_chunk = p.get("text_chunk")
         self._tensors = tensors
 
+    @classmethod
+    def head_type(cls):
+        from vlmood.eval.heads import ConditionalHead
+
+        return ConditionalHead
+
+    def class_head(self, logit_scale: float):
+        """Per-image cosines through :meth:`similarities` (:class:`~vlmood.eval.heads.ConditionalHead`)."""
+        from vlmood.eval.heads import ConditionalHead
+
+        return ConditionalHead(self, logit_scale)
+
     def for_classes(self, classnames) -> CoCoOpAdapter | None:
         if bool(self.params.get("csc")):
             return None

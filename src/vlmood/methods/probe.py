@@ -224,6 +224,19 @@ class ProbeAdapter(Adapter):
         self.head.load_state_dict(tensors, strict=True)
         self.head.eval().requires_grad_(False)
 
+    @classmethod
+    def head_type(cls):
+        from vlmood.eval.heads import ProbeHead
+
+        return ProbeHead
+
+    def class_head(self, logit_scale: float = 1.0):
+        """Logits on ``feature_kind`` features at scale 1 (:class:`~vlmood.eval.heads.ProbeHead`);
+        ``logit_scale`` is ignored (the logits are already scaled)."""
+        from vlmood.eval.heads import ProbeHead
+
+        return ProbeHead(self)
+
     def logits(self, features: np.ndarray, chunk: int = 65536) -> np.ndarray:
         out = []
         with torch.no_grad():

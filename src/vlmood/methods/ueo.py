@@ -116,6 +116,8 @@ class UEOParams:
 
 @register_method("ueo")
 class UEO(Method):
+    """UEO: entropy optimisation of the prompt and visual norm affines on unlabelled data with unknowns."""
+
     Params = UEOParams
     adapts_image_encoder = True  # its adapter rewrites the visual norms of the model it loads onto
     kinds = ("image",)

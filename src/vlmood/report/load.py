@@ -59,6 +59,12 @@ class Run:
         return str(m.get("spec") or m.get("arch") or "unknown model")
 
     @property
+    def run_label(self) -> str:
+        """The label recorded in results.json (``vlmood eval --label``), or ``""``."""
+        lab = self.results.get("label")
+        return lab.strip() if isinstance(lab, str) else ""
+
+    @property
     def scores(self) -> dict[str, dict[str, Any]]:
         s = self.results.get("scores")
         if not isinstance(s, dict):
@@ -184,13 +190,14 @@ def load_run(p: str | os.PathLike) -> Run:
 
 
 def load_runs(paths: list[str | os.PathLike]) -> list[Run]:
-    """Load several runs and give each a short unique label (model spec, then folder, then index)."""
+    """Load several runs and give each a short unique label: the run's own ``label`` (``vlmood eval
+    --label``) or its model spec, then the folder, then the index where those repeat."""
     if isinstance(paths, (str, os.PathLike)):
         paths = [paths]
     if not paths:
         raise ReportError("no results given: pass at least one results.json (or a folder holding one)")
     runs = [load_run(p) for p in paths]
-    labels = [r.model_name for r in runs]
+    labels = [r.run_label or r.model_name for r in runs]
     dup = {lab for lab in labels if labels.count(lab) > 1}
     labels = [f"{lab} [{r.folder.name}]" if lab in dup else lab for lab, r in zip(labels, runs)]
     if len(set(labels)) != len(labels):

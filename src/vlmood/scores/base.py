@@ -3,19 +3,37 @@
 Scores are feature-first: they take L2-normalised image embeddings (and, where needed, patch
 features) and work in chunks so memory stays bounded for millions of samples. Text-side inputs
 are unscaled, normalised class embeddings; temperatures are explicit parameters.
+
+Every score declares what it **reads** (:attr:`Score.reads`, names from :data:`INPUTS`); a class
+head (:mod:`vlmood.eval.heads`) declares what it provides, and a score runs through a head
+exactly when the head provides everything the score reads. :meth:`Score.score_inputs` scores
+what a head supplies; :meth:`Score.score` is the zero-shot shortcut on image (and patch)
+features with the class text features given at fit time.
 """
 
 from __future__ import annotations
 
 import inspect
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
 from vlmood.registry import Registry
+
+#: The vocabulary of :attr:`Score.reads` and ``ClassHead.provides``: what a score may read.
+INPUTS: dict[str, str] = {
+    "image": "image features [N, D] of the evaluated set",
+    "patch": "patch features [N, P, D] of the evaluated set",
+    "train": "ID training image features and labels (at fit time)",
+    "cosines": "class similarities [N, K] (cosines; a probe's logits, at logit scale 1)",
+    "positives": "per-image cosines [N, K] to the ID classes in the text embedding space",
+    "text_features": "image-independent class text features [K, D]",
+}
+#: inputs given per image (row-sliced with the image features); the others are used at fit time
+PER_IMAGE_INPUTS = frozenset({"image", "patch", "cosines", "positives"})
 
 
 @dataclass
@@ -42,12 +60,35 @@ class ScoreContext:
 
 
 class Score(ABC):
-    """Base class. Subclasses set ``requires`` (feature kinds of the evaluated set) and
-    ``needs_train`` (ID training features), implement ``fit`` and ``_score_chunk``."""
+    """Base class. Subclasses declare ``reads`` (names from :data:`INPUTS`), implement ``fit``
+    and ``_score_chunk``. ``requires`` (feature kinds of the evaluated set to extract) and
+    ``needs_train`` (ID training features) follow from ``reads`` unless a subclass sets them
+    (then ``reads`` gains ``patch`` / ``train`` accordingly).
 
+    The default ``reads`` ({image, text_features}) suits a score that uses the image features
+    and the class text features given at fit time, as a score written against this base does;
+    such a score runs only through heads with image-independent text features."""
+
+    reads: frozenset[str] = frozenset({"image", "text_features"})
     requires: tuple[str, ...] = ("image",)
     needs_train: bool = False
     chunk_size: int = 8192
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        reads = set(cls.reads)
+        if "requires" in cls.__dict__ and "patch" in cls.requires:
+            reads.add("patch")
+        if cls.__dict__.get("needs_train"):
+            reads.add("train")
+        unknown = sorted(reads - INPUTS.keys())
+        if unknown:
+            raise TypeError(f"{cls.__name__}.reads names unknown inputs {unknown}; known: {sorted(INPUTS)}")
+        cls.reads = frozenset(reads)
+        if "requires" not in cls.__dict__:
+            cls.requires = ("image", "patch") if "patch" in reads else ("image",)
+        if "needs_train" not in cls.__dict__:
+            cls.needs_train = "train" in reads
 
     def fit(self, ctx: ScoreContext) -> Score:
         self.text_features = np.ascontiguousarray(ctx.text_features, dtype=np.float32)
@@ -102,6 +143,36 @@ class Score(ABC):
             feats = {"image": np.asarray(image[s:e], dtype=np.float32)}
             if patch is not None:
                 feats["patch"] = np.asarray(patch[s:e], dtype=np.float32)
+            out[s:e] = self._score_chunk(feats)
+        return out
+
+    def score_inputs(self, inputs: Mapping[str, Any]) -> np.ndarray:
+        """ID scores (float64 [N], higher = more ID) from what a class head supplies for one set
+        (``ClassHead.inputs``): ``inputs["image"]`` [N, D] always, and the per-image inputs
+        this score reads (:data:`PER_IMAGE_INPUTS`: ``patch``, ``cosines``, ``positives``) as
+        [N, ...] arrays or row-sliceable array-likes (memory maps, lazily computed products);
+        ``text_features`` [K, D] is present when the head has them. Scored in the same row
+        chunks as :meth:`score`; ``_score_chunk`` gets float32 rows of every per-image input it
+        reads."""
+        image = inputs["image"]
+        patch = inputs.get("patch") if "patch" in self.reads else None
+        self._check_inputs(image, patch)
+        n = image.shape[0]
+        names = sorted((self.reads & PER_IMAGE_INPUTS) - {"image", "patch"})
+        for k in names:
+            if k not in inputs:
+                raise ValueError(f"{type(self).__name__} reads {k!r}, which the given inputs lack")
+            if len(inputs[k]) != n:
+                raise ValueError(f"{k} has {len(inputs[k])} rows, the image features {n}")
+        out = np.empty(n, dtype=np.float64)
+        rows = max(1, int(self._rows_per_chunk(image, patch)))
+        for s in range(0, n, rows):
+            e = min(n, s + rows)
+            feats = {"image": np.asarray(image[s:e], dtype=np.float32)}
+            if patch is not None:
+                feats["patch"] = np.asarray(patch[s:e], dtype=np.float32)
+            for k in names:
+                feats[k] = np.asarray(inputs[k][s:e], dtype=np.float32)
             out[s:e] = self._score_chunk(feats)
         return out
 

@@ -35,7 +35,7 @@ def local_mcm(patch: np.ndarray, text_t: np.ndarray, temperature: float) -> np.n
 class GLMCMScore(CosineScore):
     """Global-local MCM: MCM(global) + lambda_local * max_{patch,class} softmax(patch cos / T)."""
 
-    requires = ("image", "patch")
+    reads = frozenset({"cosines", "patch", "text_features"})  # global cosines; patches vs [K, D] text
 
     def __init__(self, temperature: float = 1.0, lambda_local: float = 1.0) -> None:
         self.temperature = check_temperature(temperature)
@@ -45,8 +45,10 @@ class GLMCMScore(CosineScore):
         per_row = max(1, patch.shape[1] * self.text_features.shape[0])
         return max(1, min(self.chunk_size, MAX_CHUNK_ELEMENTS // per_row))
 
-    def _global(self, image: np.ndarray) -> np.ndarray:
-        _, total = shifted_exp_sums_f32(self.cosines(image) * np.float32(1.0 / self.temperature))
+    def _global(self, feats: dict[str, np.ndarray]) -> np.ndarray:
+        cos = feats.get("cosines")
+        cos = self.cosines(feats["image"]) if cos is None else cos
+        _, total = shifted_exp_sums_f32(cos * np.float32(1.0 / self.temperature))
         return 1.0 / total
 
     def _local(self, patch: np.ndarray) -> np.ndarray:
@@ -57,12 +59,14 @@ class GLMCMScore(CosineScore):
         return local_mcm(patch, self._text_t, self.temperature)
 
     def _score_chunk(self, feats: dict[str, np.ndarray]) -> np.ndarray:
-        return self._global(feats["image"]) + self.lambda_local * self._local(feats["patch"])
+        return self._global(feats) + self.lambda_local * self._local(feats["patch"])
 
 
 @register_score("lmcm")
 class LMCMScore(GLMCMScore):
     """Local MCM only: max over patches and classes of softmax(patch cos / T)."""
+
+    reads = frozenset({"patch", "text_features"})
 
     def __init__(self, temperature: float = 1.0) -> None:
         self.temperature = check_temperature(temperature)

@@ -24,7 +24,7 @@ MAX_CHUNK_ELEMENTS = 1 << 24
 class KNNScore(Score):
     """Cosine similarity to the k-th nearest neighbour among the ID training features."""
 
-    needs_train = True
+    reads = frozenset({"image", "train"})
 
     def __init__(self, k: int = 1, normalize: bool = True, bank_chunk_size: int = 16384) -> None:
         if int(k) < 1:

@@ -23,7 +23,7 @@ from vlmood.scores.base import Score, ScoreContext, register_score
 class MahalanobisScore(Score):
     """max over classes of the negative half squared Mahalanobis distance (shared covariance)."""
 
-    needs_train = True
+    reads = frozenset({"image", "train"})
     chunk_size = 4096
 
     def __init__(self, normalize: bool = False, ridge: float = 0.0, fit_chunk_size: int = 16384) -> None:

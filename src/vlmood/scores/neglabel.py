@@ -203,7 +203,12 @@ def _quantile_sims(cand: np.ndarray, id_feats: np.ndarray, q: float) -> np.ndarr
 
 @register_score("neglabel")
 class NegLabelScore(Score):
-    """NegLabel (Jiang et al., ICLR 2024): ID mass against mined negative labels, grouped."""
+    """NegLabel (Jiang et al., ICLR 2024): ID mass against mined negative labels, grouped.
+
+    Reads the image features (scored against the negatives) and the per-image ``positives``
+    (cosines to the ID classes in the text space); see :meth:`score_inputs`."""
+
+    reads = frozenset({"image", "positives"})
 
     def __init__(
         self,
@@ -484,6 +489,19 @@ class NegLabelScore(Score):
                 f"image features have dim {x.shape[1]} but text features have dim {self._wpos.shape[0]}"
             )
         return self._combine(x, x @ self._wpos, given=False)  # [n, K] cos / T (a new float32 buffer)
+
+    def score_inputs(self, inputs) -> np.ndarray:
+        """ID scores through a class head. A head with image-independent class text features
+        (``inputs`` has ``text_features``: zero-shot, prompt adapters) gives its positives as
+        cosines to those features, which went into ``fit`` as the ID side (zero-shot: the class
+        names re-encoded with ``id_template``), so they are computed here as in :meth:`score`;
+        otherwise (CoCoOp) the head's per-image ``positives`` are the positive side
+        (:meth:`score_with_positive`)."""
+        if "text_features" in inputs:
+            return self.score(inputs["image"])
+        if "positives" not in inputs:
+            raise ValueError("NegLabel reads 'positives' (per-image ID-class cosines), which the inputs lack")
+        return self.score_with_positive(inputs["image"], inputs["positives"])
 
     def score_with_positive(self, image: np.ndarray, positive: np.ndarray) -> np.ndarray:
         """ID scores when the ID-class cosines come from elsewhere: ``positive`` [N, K] unscaled

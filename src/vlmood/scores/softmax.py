@@ -28,7 +28,12 @@ from vlmood.scores.base import Score, ScoreContext, register_score
 
 
 class CosineScore(Score):
-    """Base for scores that are a function of the cosines to the ID text embeddings."""
+    """Base for scores that are a function of the class similarities [N, K] alone (``reads``
+    cosines): the cosines to the ID text embeddings given at fit time (:meth:`score`), or
+    whatever similarities a class head supplies (:meth:`score_inputs`: a CoCoOp head's
+    per-image cosines, a probe's logits)."""
+
+    reads = frozenset({"cosines"})
 
     def fit(self, ctx: ScoreContext) -> CosineScore:
         super().fit(ctx)
@@ -46,7 +51,8 @@ class CosineScore(Score):
         return image @ self._text_t
 
     def _score_chunk(self, feats: dict[str, np.ndarray]) -> np.ndarray:
-        return self.from_cosines(self.cosines(feats["image"]))
+        cos = feats.get("cosines")
+        return self.from_cosines(self.cosines(feats["image"]) if cos is None else cos)
 
     def from_cosines(self, cos: np.ndarray) -> np.ndarray:  # pragma: no cover - abstract
         """float64 [n] ID scores from [n, K] cosines; ``cos`` is not modified."""

@@ -221,7 +221,7 @@ def run_study(
         "shots": cfg.shots,
         "params": cfg.params,
         "train": cfg.train,
-        "scores": [dataclasses.asdict(s) for s in cfg.scores],
+        "scores": [s.record() for s in cfg.scores],
         "benchmark": sets.benchmark,
     }
     t0 = time.perf_counter()
@@ -357,7 +357,11 @@ def _reuse_negatives(specs: list[ScoreSpec], zero_shot_results: Path) -> list[Sc
         if spec.name == "neglabel" and "labels_file" not in spec.params and mined:
             # always relative to this study folder (which may have been moved since)
             path = zero_shot_results.parent / "artifacts" / Path(mined).name
-            out.append(ScoreSpec(spec.name, {**spec.params, "labels_file": str(path)}, display=spec.label))
+            out.append(
+                ScoreSpec(spec.name, {**spec.params, "labels_file": str(path)}, display=spec.label)
+                if spec.instance is None
+                else spec  # a NegLabel object runs as given
+            )
         else:
             out.append(spec)
     return out

@@ -1,0 +1,763 @@
+"""The Python front door: load a model and a benchmark, evaluate scores, fit adapters, run a study.
+
+.. code-block:: python
+
+    import vlmood
+
+    model = vlmood.load_model("open_clip:ViT-B-16@/w/vit_b16.safetensors")
+    bench = vlmood.load_benchmark("imagenet-mos", root="/data")
+    res = vlmood.evaluate(model, bench, scores=["mcm", "neglabel", MyScore(t=2)])
+    res.table()  # one row per (score, OOD set)
+    ad = vlmood.fit("coop", model, bench, shots=16, seed=1, out="runs/coop")
+    res2 = vlmood.evaluate(model, bench, scores=["mcm"], adapter=ad)
+    study = vlmood.study(model, bench, methods=["zero-shot", "coop", "plp"], seeds=[1, 2, 3], out="runs/s")
+    study.table()
+
+Conventions (the same as the command line's and ``results.json``'s):
+
+- every score is an **ID score**: higher means more in-distribution;
+- every metric and accuracy is a **fraction in [0, 1]** (AUROC 0.93, FPR95 0.41), never percent;
+  ``fpr95`` is lower-better, the others higher-better;
+- metric names are those of :mod:`vlmood.metrics` (``auroc``, ``fpr95``, ``fpr95_interp``,
+  ``fpr95_nearest``, ``fpr95_openood``, ``aupr_in``, ``aupr_out``, ``detection_error``).
+
+These functions call the same code as ``vlmood eval`` / ``fit`` / ``study``
+(:func:`vlmood.eval.runner.run_eval`, :func:`vlmood.methods.fit_method`,
+:func:`vlmood.studies.run_study`), so a run made here equals the command's run with the same inputs.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from vlmood.errors import UsageError
+from vlmood.models import load_model
+
+if TYPE_CHECKING:
+    import numpy as np
+    import pandas as pd
+
+    from vlmood.data.base import ImageSource
+    from vlmood.eval.runner import EvalSets, LabelledSet, OODSet, ScoreSpec
+    from vlmood.methods.base import Adapter
+    from vlmood.models.base import VLM
+    from vlmood.scores.base import Score
+    from vlmood.train.data import TrainingSet
+
+    #: what ``scores=`` takes: a name (``"mcm"``), a ``"name:key=value,..."`` text, a ScoreSpec or
+    #: a Score object (a registered score or your own subclass of :class:`vlmood.scores.Score`)
+    ScoreLike = str | ScoreSpec | Score
+
+__all__ = [
+    "DEFAULT_SCORES",
+    "BenchmarkSets",
+    "Results",
+    "Study",
+    "evaluate",
+    "fit",
+    "load_benchmark",
+    "load_model",
+    "study",
+]
+
+#: the scores ``evaluate`` runs when none are named (``vlmood eval``'s default)
+DEFAULT_SCORES: tuple[str, ...] = ("mcm", "msp", "maxlogit", "energy", "entropy", "variance")
+#: the scores ``study`` runs when none are named (``vlmood study``'s default)
+DEFAULT_STUDY_SCORES: tuple[str, ...] = ("mcm", "neglabel", "energy", "maxlogit")
+#: the metrics of :meth:`Results.summary` and :meth:`Study.table` (fractions; fpr95 lower-better)
+SUMMARY_METRICS: tuple[str, ...] = ("auroc", "fpr95", "aupr_in", "aupr_out")
+
+
+# ---------------------------------------------------------------------------------------------- benchmark
+@dataclass
+class BenchmarkSets:
+    """The image sets of one benchmark, resolved and checked, with the templates that go with them.
+
+    Returned by :func:`load_benchmark`; read by :func:`evaluate`, :func:`fit` and :func:`study`.
+    Every set is a :class:`vlmood.data.base.ImageSource` (an ordered list of absolute image paths
+    with integer labels, -1 for OOD images, and class names where it has them).
+
+    Attributes:
+        eval_sets: the :class:`vlmood.eval.runner.EvalSets` the runners read.
+        templates: prompt templates (one ``{}`` each) or CuPL ``class<TAB>prompt`` entries.
+        templates_origin: where the templates came from (a built-in name, a file, ``benchmark``).
+        root: the data root the sets were resolved under (None: paths as given).
+    """
+
+    eval_sets: EvalSets
+    templates: list[str]
+    templates_origin: str = "simple"
+    root: str | None = None
+
+    @property
+    def name(self) -> str | None:
+        """The benchmark's name (None for sets given by path)."""
+        return self.eval_sets.benchmark
+
+    @property
+    def id(self) -> ImageSource:
+        """The labelled ID test set (labels index :attr:`classnames`)."""
+        return self.eval_sets.id
+
+    @property
+    def train(self) -> ImageSource | None:
+        """The ID training split (used by :func:`fit`, KNN and Mahalanobis), or None."""
+        return self.eval_sets.train
+
+    @property
+    def ood(self) -> list[OODSet]:
+        """The OOD sets: ``.name``, ``.source`` (ImageSource) and ``.group`` (near / far / ood)."""
+        return self.eval_sets.ood
+
+    @property
+    def domain_shift(self) -> list[LabelledSet]:
+        """Sets of the ID classes in another domain (accuracy only): ``.name``, ``.source``, ``.classnames``."""
+        return self.eval_sets.domain_shift
+
+    @property
+    def held_out(self) -> list[LabelledSet]:
+        """Sets of other classes with their own names (zero-shot accuracy only)."""
+        return self.eval_sets.held_out
+
+    @property
+    def classnames(self) -> list[str]:
+        """The ID class names, in label order."""
+        return self.eval_sets.classnames
+
+    @property
+    def warnings(self) -> list[str]:
+        """Inputs that run but mislead (train = ID test, OOD overlapping ID, duplicate names)."""
+        return self.eval_sets.warnings
+
+    def __repr__(self) -> str:
+        ood = ", ".join(f"{o.group}/{o.name}" if o.group != "ood" else o.name for o in self.ood)
+        train = f", train={len(self.train)} images" if self.train is not None else ""
+        return (
+            f"BenchmarkSets({self.name or 'custom'}: id={len(self.id)} images of "
+            f"{len(self.classnames)} classes{train}, ood=[{ood}], {len(self.templates)} templates)"
+        )
+
+
+def _resolve_templates(
+    templates: str | os.PathLike | Sequence[str] | Mapping[str, Sequence[str]] | None,
+    default: list[str] | None = None,
+    default_origin: str | None = None,
+) -> tuple[list[str], str]:
+    """``templates`` (a built-in set name, a template file, a list of templates or a CuPL dict),
+    else ``default`` (a benchmark's), else the built-in ``simple`` set; with where they came from."""
+    from vlmood.data.templates import check_template, is_class_prompts, load_templates, parse_templates
+
+    if templates is None:
+        if default:
+            return list(default), default_origin or "benchmark"
+        return load_templates("simple")[0], "simple"
+    if isinstance(templates, (str, os.PathLike)):
+        return load_templates(templates)[0], str(templates)
+    if isinstance(templates, Mapping):
+        return parse_templates(json.dumps(dict(templates)), "templates (dict)"), "templates (dict)"
+    out = list(templates)
+    if not out:
+        raise UsageError("templates: an empty list; give at least one template with '{}'")
+    if not is_class_prompts(out):
+        out = [check_template(t, f"templates[{i}]") for i, t in enumerate(out)]
+    return out, "templates (list)"
+
+
+def load_benchmark(
+    benchmark: str | os.PathLike | None = None,
+    root: str | os.PathLike | None = None,
+    *,
+    id: str | os.PathLike | None = None,
+    ood: Sequence[str] | Mapping[str, str | os.PathLike] = (),
+    train: str | os.PathLike | None = None,
+    classnames: str | os.PathLike | None = None,
+    templates: str | os.PathLike | Sequence[str] | Mapping[str, Sequence[str]] | None = None,
+    sets: str | Sequence[str] | None = None,
+    allow_outside_root: bool = False,
+    classnames_order: str | None = None,
+    skip_missing: bool = False,
+) -> BenchmarkSets:
+    """Resolve a benchmark (or ID + OOD paths) into checked image sets; returns :class:`BenchmarkSets`.
+
+    Args:
+        benchmark: a packaged benchmark name (``vlmood data list``), a benchmark YAML file, or None
+            to give the sets by path (``id=`` and ``ood=``).
+        root: the benchmark's data root; for ``id``/``ood``/``train`` list or CSV files the image
+            root (default: each list's own folder).
+        id: the labelled ID test images (a class folder, image list or CSV), without ``benchmark``.
+        ood: OOD sets, added to the benchmark's: ``["[near|far/]NAME=PATH", ...]`` or
+            ``{"NAME": PATH}`` (``{"near/NAME": PATH}`` sets the group).
+        train: ID training images (KNN/Mahalanobis, :func:`fit`), labelled with the ID classes.
+        classnames: a class-name file or built-in set; with a benchmark it renames the ID classes
+            by label index.
+        templates: a built-in template set name, a template file, a list of templates (one ``{}``
+            each) or a CuPL dict ``{class: [prompts]}``; default: the benchmark's, else ``simple``.
+        sets: only the ID set and these benchmark set names (``--sets``).
+        allow_outside_root: let set paths, list entries and symlinks leave their root.
+        classnames_order: ``"sorted"`` maps a bare class-name list onto sorted class folders.
+        skip_missing: listed files may be missing (evaluate with ``skip_corrupt=True``).
+
+    Raises:
+        DataError / UsageError naming the input, before any image is read.
+    """
+    from vlmood.eval.sets import sets_from_args
+
+    if isinstance(ood, Mapping):
+        ood_args = [f"{name}={path}" for name, path in ood.items()]
+    elif isinstance(ood, (str, os.PathLike)):
+        ood_args = [str(ood)]
+    else:
+        ood_args = [str(o) for o in ood]
+    resolved = sets_from_args(
+        benchmark=str(benchmark) if benchmark is not None else None,
+        root=root,
+        id_data=str(id) if id is not None else None,
+        classnames=str(classnames) if classnames is not None else None,
+        ood=ood_args,
+        train=str(train) if train is not None else None,
+        classnames_order=classnames_order,
+        allow_outside_root=allow_outside_root,
+        only=sets,
+        skip_missing=skip_missing,
+    )
+    tmpl, origin = _resolve_templates(templates, resolved.templates, resolved.templates_origin)
+    return BenchmarkSets(resolved.eval_sets, tmpl, origin, str(root) if root is not None else None)
+
+
+def _bench(bench: BenchmarkSets | str | os.PathLike) -> BenchmarkSets:
+    if isinstance(bench, BenchmarkSets):
+        return bench
+    if isinstance(bench, (str, os.PathLike)):
+        return load_benchmark(bench)
+    raise UsageError(
+        f"expected the sets of vlmood.load_benchmark(...) (or a benchmark name / YAML path), "
+        f"got {type(bench).__name__}"
+    )
+
+
+# ---------------------------------------------------------------------------------------------- scores
+def score_specs(scores: ScoreLike | Sequence[ScoreLike]) -> list[ScoreSpec]:
+    """ScoreSpecs for ``scores``: names, ``"name:key=value,..."`` texts, ScoreSpecs or Score objects
+    (including unregistered subclasses of :class:`vlmood.scores.Score`; recorded by class name and
+    ``params()``). UsageError for anything else (a Score class instead of an object, say)."""
+    from vlmood.eval.runner import ScoreSpec, parse_score_text
+    from vlmood.scores.base import Score
+
+    items = [scores] if isinstance(scores, (str, ScoreSpec, Score)) else list(scores)
+    out: list[ScoreSpec] = []
+    for s in items:
+        if isinstance(s, str):
+            out.extend(parse_score_text(s, "score"))
+        elif isinstance(s, ScoreSpec):
+            out.append(s)
+        elif isinstance(s, Score):
+            out.append(ScoreSpec.of(s))
+        elif isinstance(s, type) and issubclass(s, Score):
+            raise UsageError(f"scores: {s.__name__} is a class; pass an object, e.g. {s.__name__}()")
+        else:
+            raise UsageError(
+                f"scores: {s!r} is not a score name, 'name:key=value' text, ScoreSpec or Score object"
+            )
+    if not out:
+        raise UsageError("scores: none given")
+    return out
+
+
+# ---------------------------------------------------------------------------------------------- results
+def _frame(rows: list[dict[str, Any]], columns: list[str]) -> pd.DataFrame:
+    import pandas as pd
+
+    return pd.DataFrame(rows, columns=columns)
+
+
+@dataclass
+class Results:
+    """One evaluation's results (``results.json``, schema ``vlmood.results/1``) with table views.
+
+    Scores are ID scores (higher = more ID); metrics and accuracies are fractions in [0, 1].
+
+    Attributes:
+        out: the run folder (``results.json``, ``scores/``), or None for an in-memory run.
+    """
+
+    _data: dict[str, Any]
+    out: Path | None = None
+    _raw: dict[str, dict[str, np.ndarray]] = field(default_factory=dict, repr=False)
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> Results:
+        """Results of an earlier run: a run folder or its ``results.json``."""
+        p = Path(path)
+        f = p / "results.json" if p.is_dir() else p
+        if not f.is_file():
+            raise UsageError(f"{p}: no results.json (a folder written by vlmood eval / evaluate(out=...))")
+        return cls(json.loads(f.read_text(encoding="utf-8")), f.parent)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The results.json dict (model, data, templates, per-score metrics, provenance)."""
+        return self._data
+
+    @property
+    def accuracy(self) -> float:
+        """ID top-1 accuracy of the evaluated classifier (zero-shot or the adapter's head), a fraction."""
+        return float(self._data.get("id_accuracy", float("nan")))
+
+    @property
+    def scores(self) -> list[str]:
+        """The score labels, in the order they ran (the ``score`` column of :meth:`table`)."""
+        return list(self._data.get("scores", {}))
+
+    @property
+    def ood_sets(self) -> list[str]:
+        """The OOD set names."""
+        return list((self._data.get("datasets") or {}).get("ood", {}))
+
+    def table(self) -> pd.DataFrame:
+        """pandas DataFrame, one row per (score, OOD set): columns ``score``, ``ood_set``, ``group``
+        (near / far / ood), then every metric of results.json (``auroc``, ``fpr95``, ``aupr_in``,
+        ``aupr_out``, ... as fractions)."""
+        groups = {
+            n: rec.get("group", "ood") for n, rec in (self._data.get("datasets") or {}).get("ood", {}).items()
+        }
+        rows: list[dict[str, Any]] = []
+        metrics: list[str] = []
+        for label, entry in self._data.get("scores", {}).items():
+            for name, mets in entry.get("per_set", {}).items():
+                metrics += [m for m in mets if m not in metrics]
+                rows.append({"score": label, "ood_set": name, "group": groups.get(name, "ood"), **mets})
+        return _frame(rows, ["score", "ood_set", "group", *metrics])
+
+    def summary(self, metrics: Sequence[str] = SUMMARY_METRICS) -> pd.DataFrame:
+        """pandas DataFrame, one row per score (index ``score``): each metric's mean over all OOD
+        sets (``auroc``, ...), and over near / far sets where the benchmark groups them
+        (``near_auroc``, ``far_auroc``, ...); fractions."""
+        rows = []
+        cols: list[str] = []
+        for label, entry in self._data.get("scores", {}).items():
+            row: dict[str, Any] = {"score": label}
+            for key, prefix in (("mean", ""), ("near_mean", "near_"), ("far_mean", "far_")):
+                for m in metrics:
+                    if key in entry and m in entry[key]:
+                        row[prefix + m] = entry[key][m]
+            cols += [c for c in row if c not in cols]
+            rows.append(row)
+        return _frame(rows, cols or ["score"]).set_index("score")
+
+    def score_values(self, score: str) -> dict[str, np.ndarray]:
+        """The raw ID scores of one score (label as in :attr:`scores`): ``"id"`` and
+        ``"ood/<set>"`` arrays (float64, higher = more ID) over each set's readable images, and
+        ``"index/..."`` arrays mapping them back to the set's samples."""
+        if score in self._raw:
+            return self._raw[score]
+        entry = self._data.get("scores", {}).get(score)
+        if entry is None:
+            raise KeyError(f"no score {score!r}; scores: {self.scores}")
+        rel = entry.get("raw_scores")
+        if not rel or self.out is None:
+            raise KeyError(f"raw scores of {score!r} were not kept")
+        import numpy as np
+
+        with np.load(self.out / rel) as z:
+            self._raw[score] = {k: z[k] for k in z.files}
+        return self._raw[score]
+
+    def __str__(self) -> str:
+        from vlmood.eval.runner import format_table
+
+        return format_table(self._data)
+
+    def __repr__(self) -> str:
+        where = f", out={str(self.out)!r}" if self.out else ""
+        return f"Results(accuracy={self.accuracy:.4f}, scores={self.scores}, ood_sets={self.ood_sets}{where})"
+
+
+# ---------------------------------------------------------------------------------------------- evaluate
+def _adapter_for(adapter: Adapter | str | os.PathLike, model: VLM, bench: BenchmarkSets) -> tuple[Any, Any]:
+    """(the adapter, the model to extract features with). A path is loaded onto ``model`` (onto a
+    copy when the method rewrites the image encoder, UEO, so ``model`` stays the base model)."""
+    from vlmood.methods import METHODS, Adapter, AdapterMismatchError, load_adapter, read_adapter_info
+    from vlmood.methods.base import base_identity_key
+
+    if isinstance(adapter, (str, os.PathLike)):
+        info = read_adapter_info(adapter)
+        if list(info.get("classnames", [])) != list(bench.classnames):
+            raise UsageError(
+                f"adapter {adapter} was trained for {len(info.get('classnames', []))} other class names "
+                f"than this ID set's {len(bench.classnames)}; evaluate it on the classes it learned"
+            )
+        rewrites = getattr(METHODS.get(info["method"]), "adapts_image_encoder", False)
+        adapter = load_adapter(adapter, copy.deepcopy(model) if rewrites else model)
+    elif not isinstance(adapter, Adapter):
+        raise UsageError(
+            f"adapter: expected an Adapter (vlmood.fit) or an adapter folder, got {type(adapter).__name__}"
+        )
+    if adapter.adapts_image_encoder:
+        return adapter, adapter.model  # features come from the adapted encoder
+    if adapter.model is not model and base_identity_key(adapter.model) != base_identity_key(model):
+        raise AdapterMismatchError(
+            f"the {adapter.method} adapter was loaded onto another base model "
+            f"({adapter.model.identity.spec!r}) than the one given ({model.identity.spec!r})"
+        )
+    return adapter, model
+
+
+def evaluate(
+    model: VLM,
+    bench: BenchmarkSets | str | os.PathLike,
+    scores: ScoreLike | Sequence[ScoreLike] = DEFAULT_SCORES,
+    *,
+    adapter: Adapter | str | os.PathLike | None = None,
+    out: str | os.PathLike | None = None,
+    templates: str | os.PathLike | Sequence[str] | Mapping[str, Sequence[str]] | None = None,
+    label: str | None = None,
+    cache_dir: str | os.PathLike | None = None,
+    batch_size: int = 64,
+    num_workers: int | None = None,
+    skip_corrupt: bool = False,
+    fingerprint: str = "stat",
+    progress: bool = True,
+) -> Results:
+    """Evaluate OOD scores of ``model`` on ``bench``; returns :class:`Results`.
+
+    Args:
+        model: a model from :func:`load_model`.
+        bench: the sets of :func:`load_benchmark` (or a benchmark name / YAML path).
+        scores: names (``"mcm"``), ``"name:key=value,..."`` texts (``"neglabel:ngroup=10"``),
+            ScoreSpecs, or Score objects, your own unregistered subclasses of
+            :class:`vlmood.scores.Score` included (each run fits a copy; recorded by class name
+            and ``params()``). Every score is an ID score (higher = more ID).
+        adapter: an :class:`~vlmood.methods.Adapter` (from :func:`fit`) or an adapter folder: its
+            class head replaces the zero-shot classifier.
+        out: a run folder to write ``results.json`` and raw scores into (replaced as a whole when
+            the run completes, like ``vlmood eval --out``); None: nothing is written there, the
+            results and raw scores stay in memory.
+        templates: override the benchmark's templates (a built-in name, a file, a list, a CuPL dict).
+        label: a name for the run, recorded in results.json.
+        cache_dir: the feature cache (default ``$VLMOOD_CACHE`` or ``~/.cache/vlmood``).
+        batch_size, num_workers, skip_corrupt, fingerprint, progress: feature extraction options
+            (images per forward pass, DataLoader workers, skip unreadable images, ``stat`` or
+            ``content`` dataset fingerprint, progress bars).
+
+    Raises:
+        UsageError / DataError / AdapterError naming the input, before features are extracted.
+    """
+    from vlmood.eval.runner import EvalOptions, build_scores, run_eval
+
+    bench = _bench(bench)
+    specs = score_specs(scores)
+    build_scores(specs)  # unknown scores and bad parameters fail before any work
+    tmpl, origin = (
+        (bench.templates, bench.templates_origin) if templates is None else _resolve_templates(templates)
+    )
+    ad, run_model = (None, model) if adapter is None else _adapter_for(adapter, model, bench)
+    raw: dict[str, dict[str, Any]] = {}
+    opts = EvalOptions(
+        templates=list(tmpl),
+        templates_origin=origin,
+        cache_dir=str(cache_dir) if cache_dir is not None else None,
+        batch_size=batch_size,
+        num_workers=num_workers,
+        skip_corrupt=skip_corrupt,
+        fingerprint=fingerprint,
+        progress=progress,
+        save_scores=out is not None,
+        adapter=ad,
+        adapter_info=ad.record(ad.path or "") if ad is not None else None,
+        raw_scores=raw,
+        label=label,
+    )
+    results = run_eval(run_model, bench.eval_sets, specs, out, opts)
+    final = Path(out).absolute() if out is not None else None
+    return Results(results, final, raw)
+
+
+# ---------------------------------------------------------------------------------------------- fit
+def _training_data(data: Any) -> tuple[Any, list[str]]:
+    """(ImageSource, class names) for :func:`fit`."""
+    from vlmood.data.base import ImageSource
+    from vlmood.train.data import TrainingSet, training_source
+
+    if isinstance(data, BenchmarkSets):
+        if data.train is None:
+            raise UsageError(
+                f"benchmark {data.name or '(custom sets)'} has no train split; pass "
+                f"vlmood.load_benchmark(..., train=DIR) with training images of its {len(data.classnames)} "
+                f"ID classes"
+            )
+        return data.train, list(data.classnames)
+    if isinstance(data, TrainingSet):
+        return data.source, list(data.classnames)
+    if isinstance(data, ImageSource):
+        if not data.classnames:
+            raise UsageError(f"training images {data.origin}: no class names (a labelled class folder)")
+        return data, list(data.classnames)
+    if isinstance(data, (str, os.PathLike)):
+        ts = training_source(id_data=str(data))
+        return ts.source, list(ts.classnames)
+    raise UsageError(
+        f"fit: expected the sets of vlmood.load_benchmark(...), an ImageSource or a labelled image "
+        f"folder / list, got {type(data).__name__}"
+    )
+
+
+def fit(
+    method: str,
+    model: VLM,
+    data: BenchmarkSets | TrainingSet | ImageSource | str | os.PathLike,
+    *,
+    out: str | os.PathLike,
+    shots: int | None = None,
+    seed: int | None = None,
+    params: Mapping[str, Any] | None = None,
+    epochs: int | None = None,
+    lr: float | None = None,
+    batch_size: int | None = None,
+    train: Mapping[str, Any] | None = None,
+    resume: bool = False,
+    cache_dir: str | os.PathLike | None = None,
+    extract_batch_size: int = 64,
+    num_workers: int | None = None,
+    skip_corrupt: bool = False,
+    fingerprint: str = "stat",
+    progress: bool = True,
+) -> Adapter:
+    """Train adaptation method ``method`` (``vlmood methods``/``vlmood.methods.list_methods()``) on
+    the training images and write its adapter artifact to ``out``; returns the loaded
+    :class:`~vlmood.methods.Adapter` (``.method``, ``.kind``, ``.classnames``, ``.key``, ``.path``),
+    ready for ``evaluate(..., adapter=...)``.
+
+    Args:
+        data: the sets of :func:`load_benchmark` (its ``train`` split and ID class names), a
+            :class:`~vlmood.train.data.TrainingSet`, a labelled ImageSource, or a labelled image
+            folder / list / CSV path (class names from its class folders).
+        out: the adapter folder (``adapter.json`` + ``adapter.safetensors``; ``train/`` holds the
+            checkpoint and metrics log).
+        shots: k images per class (None: every image; unsupervised methods, PLP and UEO, ignore labels).
+        seed: the training and few-shot sampling seed (default: the method's, 0).
+        params: method hyperparameters (e.g. ``{"n_ctx": 4}`` for CoOp).
+        epochs, lr, batch_size: training settings (``batch_size`` is the global training batch);
+            default: the method's paper settings.
+        train: other :class:`~vlmood.train.engine.TrainConfig` fields (``{"weight_decay": 5e-4}``).
+        resume: continue from ``out/train``'s checkpoint.
+        cache_dir, extract_batch_size, num_workers, skip_corrupt, fingerprint, progress: feature
+            extraction options (``num_workers`` also sets the training DataLoader's workers).
+
+    UEO's adapter rewrites the image encoder it is loaded onto: it is loaded onto a copy of
+    ``model`` (``adapter.model``), and ``model`` stays the base model.
+    """
+    from vlmood.methods import METHODS, create_method, fit_method, load_adapter
+    from vlmood.methods.base import check_shots
+
+    params = dict(params or {})
+    m = create_method(method, **params)  # unknown names and wrong types refused here
+    given = {"epochs": epochs, "batch_size": batch_size, "lr": lr}
+    cfg = m.default_config(**{**dict(train or {}), **{k: v for k, v in given.items() if v is not None}})
+    if seed is not None:
+        cfg.seed = seed
+    if num_workers is not None:
+        cfg.num_workers = num_workers
+    cfg.check()
+    check_shots(shots)
+    source, classnames = _training_data(data)
+    path = fit_method(
+        method,
+        model,
+        source,
+        out,
+        cfg,
+        params,
+        shots=shots,
+        seed=seed,
+        classnames=classnames,
+        cache_root=cache_dir,
+        progress=progress,
+        resume=resume,
+        extract_options={
+            "batch_size": extract_batch_size,
+            "num_workers": num_workers,
+            "skip_corrupt": skip_corrupt,
+            "fingerprint": fingerprint,
+        },
+    )
+    rewrites = getattr(METHODS.get(method), "adapts_image_encoder", False)
+    return load_adapter(Path(path).absolute(), copy.deepcopy(model) if rewrites else model)
+
+
+# ---------------------------------------------------------------------------------------------- study
+@dataclass
+class Study:
+    """A finished study (``study.json``, schema ``vlmood.study/1``) with a table view.
+
+    Attributes:
+        out: the study folder (``study.json``, ``study.md``, ``adapters/``, ``runs/``).
+    """
+
+    _data: dict[str, Any]
+    out: Path
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> Study:
+        """An earlier study: its folder or ``study.json``."""
+        p = Path(path)
+        f = p / "study.json" if p.is_dir() else p
+        if not f.is_file():
+            raise UsageError(f"{p}: no study.json (a folder written by vlmood study / vlmood.study)")
+        return cls(json.loads(f.read_text(encoding="utf-8")), f.parent)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The study.json dict (plan, model, runs per method and seed, aggregated table)."""
+        return self._data
+
+    @property
+    def methods(self) -> list[str]:
+        """The methods, in the order they ran (``zero-shot`` first when included)."""
+        return list(self._data.get("runs", {}))
+
+    def table(self) -> pd.DataFrame:
+        """pandas DataFrame, one row per (method, score): ``method``, ``score``, ``n_seeds``,
+        ``id_accuracy`` and ``id_accuracy_std``, then per OOD group and metric the mean over seeds
+        and its standard deviation (``near_fpr95``, ``near_fpr95_std``, ``near_auroc``, ...,
+        ``far_...``; ``mean_...`` for a benchmark without near/far groups); fractions. A score a
+        method's head cannot support has empty (NaN) metrics and the reason in ``note``."""
+        rows: list[dict[str, Any]] = []
+        cols = ["method", "score", "n_seeds", "id_accuracy", "id_accuracy_std"]
+        for method, row in self._data.get("table", {}).items():
+            acc = row.get("id_accuracy") or {}
+            for label, cell in row.get("scores", {}).items():
+                r: dict[str, Any] = {
+                    "method": method,
+                    "score": label,
+                    "n_seeds": acc.get("n"),
+                    "id_accuracy": acc.get("mean"),
+                    "id_accuracy_std": acc.get("std"),
+                }
+                if "n/a" in cell:
+                    r["note"] = cell["n/a"]
+                for key, ms in cell.items():
+                    if key == "n/a":
+                        continue
+                    r[key] = None if ms is None else ms.get("mean")
+                    r[f"{key}_std"] = None if ms is None else ms.get("std")
+                cols += [c for c in r if c not in cols and c != "note"]
+                rows.append(r)
+        if any("note" in r for r in rows):
+            cols.append("note")
+        return _frame(rows, cols)
+
+    def results(self, method: str, seed: int | None = None) -> Results:
+        """The :class:`Results` of one evaluation: ``method`` (``"zero-shot"`` has no seed), ``seed``
+        (default: the first seed)."""
+        runs = self._data.get("runs", {})
+        if method not in runs:
+            raise KeyError(f"no method {method!r} in this study; methods: {list(runs)}")
+        seeds = runs[method]["seeds"]
+        key = next(iter(seeds)) if seed is None else str(seed)
+        if key not in seeds:
+            raise KeyError(f"{method} has no seed {seed}; seeds: {list(seeds)}")
+        return Results.load(self.out / seeds[key]["results"])
+
+    def __str__(self) -> str:
+        from vlmood.studies import format_study
+
+        return format_study(self._data)
+
+    def __repr__(self) -> str:
+        return f"Study(methods={self.methods}, seeds={self._data.get('plan', {}).get('seeds')}, out={str(self.out)!r})"
+
+
+def study(
+    model: VLM,
+    bench: BenchmarkSets | str | os.PathLike,
+    methods: Sequence[str] = ("zero-shot", "coop"),
+    seeds: Sequence[int] = (0,),
+    *,
+    out: str | os.PathLike,
+    shots: int | None = 16,
+    scores: ScoreLike | Sequence[ScoreLike] | None = None,
+    params: Mapping[str, Mapping[str, Any]] | None = None,
+    epochs: int | None = None,
+    lr: float | None = None,
+    batch_size: int | None = None,
+    train: Mapping[str, Any] | None = None,
+    templates: str | os.PathLike | Sequence[str] | Mapping[str, Sequence[str]] | None = None,
+    cache_dir: str | os.PathLike | None = None,
+    extract_batch_size: int = 64,
+    num_workers: int | None = None,
+    skip_corrupt: bool = False,
+    fingerprint: str = "stat",
+    progress: bool = True,
+) -> Study:
+    """Run (or resume) the fine-tuning x OOD-score study into ``out``: zero-shot, then each method
+    x seed trained on ``bench``'s train split and evaluated with every score; returns :class:`Study`.
+
+    Rerunning with the same ``out`` reuses finished adapters and evaluations and resumes killed
+    trainings; pieces made with other settings are refused (``vlmood study``'s behaviour).
+
+    Args:
+        methods: ``"zero-shot"`` and registered method names (``vlmood.methods.list_methods()``).
+        seeds: training / few-shot seeds; every method runs once per seed.
+        shots: k images per class for supervised methods (PLP and UEO use the whole split).
+        scores: as in :func:`evaluate`; default ``mcm, neglabel, energy, maxlogit``. A score a
+            method's head cannot support is ``n/a`` for it.
+        params: method -> hyperparameters (``{"coop": {"n_ctx": 4}}``).
+        epochs, lr, batch_size: training settings for every method (``batch_size``: the global
+            training batch).
+        train: more :class:`~vlmood.train.engine.TrainConfig` fields, for every method
+            (``{"weight_decay": 5e-4}``) or per method (``{"coop": {"epochs": 50}}``).
+        templates, cache_dir, extract_batch_size, num_workers, skip_corrupt, fingerprint,
+            progress: as in :func:`evaluate` (``extract_batch_size`` is its ``batch_size``).
+
+    ``model`` is the base model; a method that rewrites the image encoder (UEO) gets a copy.
+    """
+    from vlmood.eval.runner import EvalOptions
+    from vlmood.studies import StudyConfig, _check_config, run_study
+
+    bench = _bench(bench)
+    train_over: dict[str, dict[str, Any]] = {}
+    for k, v in dict(train or {}).items():
+        if isinstance(v, Mapping):
+            train_over.setdefault(k, {}).update(v)
+        else:
+            train_over.setdefault("*", {})[k] = v
+    given = {"epochs": epochs, "lr": lr, "batch_size": batch_size}
+    train_over.setdefault("*", {}).update({k: v for k, v in given.items() if v is not None})
+    if not train_over["*"]:
+        del train_over["*"]
+    cfg = StudyConfig(
+        methods=[m.strip().lower() for m in ([methods] if isinstance(methods, str) else methods)],
+        scores=score_specs(DEFAULT_STUDY_SCORES if scores is None else scores),
+        seeds=[int(s) for s in ([seeds] if isinstance(seeds, int) else seeds)],
+        shots=shots,
+        params={k: dict(v) for k, v in dict(params or {}).items()},
+        train=train_over,
+    )
+    _check_config(cfg)  # bad methods, scores or settings fail before any work
+    tmpl, origin = (
+        (bench.templates, bench.templates_origin) if templates is None else _resolve_templates(templates)
+    )
+    opts = EvalOptions(
+        templates=list(tmpl),
+        templates_origin=origin,
+        cache_dir=str(cache_dir) if cache_dir is not None else None,
+        batch_size=extract_batch_size,
+        num_workers=num_workers,
+        skip_corrupt=skip_corrupt,
+        fingerprint=fingerprint,
+        progress=progress,
+    )
+    calls = 0
+
+    def model_factory() -> VLM:
+        # the base model first; a fresh copy for each method that rewrites the image encoder
+        nonlocal calls
+        calls += 1
+        return model if calls == 1 else copy.deepcopy(model)
+
+    data = run_study(model_factory, bench.eval_sets, cfg, out, opts, progress)
+    return Study(data, Path(out).absolute())

@@ -1,0 +1,201 @@
+"""``vlmood fit METHOD`` and ``vlmood study``: arguments -> method, TrainConfig, training data ->
+fit_method / run_study."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any
+
+from vlmood.cli import _common as C
+from vlmood.errors import UsageError
+
+#: options add_data_args gives every data command that fit does not use: refused, never ignored
+FIT_UNUSED = {"ood": "--ood", "sets": "--sets"}
+
+DEFAULT_STUDY_SCORES = "mcm,neglabel,energy,maxlogit"
+
+
+def add_parsers(sub: Any) -> None:
+    ft = C.add_command(
+        sub, "fit", help="train an adaptation method (CoOp, CoCoOp, LoCoOp, linear-probe, PLP, UEO)"
+    )
+    ft.add_argument("method", help="a registered method (see `vlmood methods`)")
+    C.add_model_args(ft)
+    C.add_data_args(ft)
+    ft.add_argument(
+        "--shots", type=int, default=None, help="k images per class (few-shot split saved with the run)"
+    )
+    ft.add_argument(
+        "--seed",
+        type=int,
+        default=None,
+        help="seed of the few-shot split and the training (default: the method's training seed)",
+    )
+    ft.add_argument("--epochs", type=int, default=None, help="override the method's paper default")
+    ft.add_argument(
+        "--train-batch-size",
+        type=int,
+        default=None,
+        help="override the paper default batch size; under torchrun the global batch, split evenly "
+        "over the processes",
+    )
+    ft.add_argument("--lr", type=float, default=None, help="override the paper default learning rate")
+    ft.add_argument(
+        "--param",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="a method hyperparameter, e.g. n_ctx=4 (repeatable; see `vlmood methods`)",
+    )
+    ft.add_argument("--out", required=True, help="adapter directory")
+    ft.add_argument(
+        "--resume", action="store_true", help="continue the training in --out from its last finished epoch"
+    )
+    ft.add_argument(
+        "--tensorboard", action="store_true", help="also log TensorBoard events to OUT/train/tensorboard"
+    )
+    for action in ft._actions:  # eval-only data options: hidden here, refused by cmd_fit
+        if action.dest in FIT_UNUSED:
+            action.help = argparse.SUPPRESS
+    ft.set_defaults(func=cmd_fit)
+
+    st = C.add_command(
+        sub,
+        "study",
+        help="zero-shot and each adaptation method (seeds) x every score on a benchmark: one table",
+    )
+    C.add_model_args(st)
+    C.add_data_args(st)
+    st.add_argument(
+        "--methods",
+        default="zero-shot,coop,cocoop,locoop,linear-probe,plp",
+        help="comma list: zero-shot and registered methods (default: %(default)s)",
+    )
+    st.add_argument("--seeds", default="0,1,2", help="comma list of seeds (default: %(default)s)")
+    st.add_argument(
+        "--shots", type=int, default=16, help="k images per class for supervised methods (default: 16)"
+    )
+    st.add_argument(
+        "--score",
+        "--scores",
+        dest="scores",
+        action="append",
+        default=[],
+        help=f"score(s), as for eval (repeatable; default: {DEFAULT_STUDY_SCORES})",
+    )
+    st.add_argument(
+        "--templates", default=None, help="built-in template set or file (default: benchmark's or 'simple')"
+    )
+    st.add_argument(
+        "--param",
+        action="append",
+        default=[],
+        metavar="METHOD:KEY=VALUE",
+        help="a method hyperparameter, e.g. coop:n_ctx=4 (repeatable)",
+    )
+    st.add_argument(
+        "--set",
+        dest="train_set",
+        action="append",
+        default=[],
+        metavar="[METHOD:]KEY=VALUE",
+        help="a training setting for one method or all, e.g. epochs=20 or coop:batch_size=16",
+    )
+    st.add_argument("--out", required=True, help="study folder (a rerun resumes and reuses finished pieces)")
+    st.set_defaults(func=cmd_study)
+
+
+def refuse_unused_fit_options(args: argparse.Namespace) -> None:
+    for dest, flag in FIT_UNUSED.items():
+        if getattr(args, dest, None):
+            raise UsageError(
+                f"fit does not use {flag}: it trains on the training images only (--id/--train, or the "
+                f"benchmark's train split); OOD sets belong to `vlmood eval`. Drop {flag}"
+            )
+
+
+def cmd_fit(args: argparse.Namespace) -> int:
+    """``vlmood fit METHOD``: training data from its own resolver (no OOD sets needed); under
+    torchrun a real DDP run (``--train-batch-size`` is the global batch, rank 0 writes --out)."""
+    from vlmood import distributed as D
+    from vlmood.methods import create_method, fit_method
+    from vlmood.methods.base import check_shots
+    from vlmood.params import parse_kv
+    from vlmood.train.data import training_source
+    from vlmood.train.engine import rank_batch_size
+
+    refuse_unused_fit_options(args)
+    params = dict(parse_kv(text, "--param") for text in args.param)
+    method = create_method(args.method, **params)  # unknown names and wrong types refused here
+    given = {"epochs": args.epochs, "batch_size": args.train_batch_size, "lr": args.lr}
+    cfg = method.default_config(**{k: v for k, v in given.items() if v is not None})
+    if args.seed is not None:
+        cfg.seed = args.seed
+    cfg.tensorboard = bool(args.tensorboard)
+    if args.workers is not None:
+        cfg.num_workers = args.workers  # the training DataLoader (images each step: UEO, augment)
+    cfg.check()
+    check_shots(args.shots)
+    D.init_distributed()
+    rank_batch_size(cfg)  # the global batch must split over the torchrun processes
+    ts = training_source(**C.data_inputs(args))
+    if D.is_initialized() and C.auto_device(args.device) == "cuda":
+        args.device = str(D.default_device())  # one GPU per rank (LOCAL_RANK)
+    model = C.load_model(args)
+    out = fit_method(
+        args.method,
+        model,
+        ts.source,
+        args.out,
+        cfg,
+        params,
+        shots=args.shots,
+        seed=args.seed,
+        classnames=ts.classnames,
+        cache_root=args.cache_dir,
+        progress=not args.no_progress,
+        resume=args.resume,
+        extract_options=C.extract_options(args),
+    )
+    if D.is_main():
+        print(f"adapter: {out}\nevaluate: vlmood eval --model {args.model} --adapter {out} ...")
+    return 0
+
+
+def method_kv(items: list[str], flag: str, need_method: bool) -> dict[str, dict[str, Any]]:
+    """``[METHOD:]KEY=VALUE`` items -> {method or '*': {key: value}}."""
+    out: dict[str, dict[str, Any]] = {}
+    for text in items:
+        head, _, kv = text.partition(":") if ":" in text.split("=", 1)[0] else ("", "", text)
+        if "=" not in kv or (need_method and not head):
+            form = "METHOD:KEY=VALUE" if need_method else "[METHOD:]KEY=VALUE"
+            raise UsageError(f"{flag} {text!r} is not {form}")
+        k, _, v = kv.partition("=")
+        out.setdefault(head.strip() or "*", {})[k.strip()] = C.scalar(v.strip())
+    return out
+
+
+def cmd_study(args: argparse.Namespace) -> int:
+    from vlmood.studies import StudyConfig, _check_config, format_study, run_study
+
+    specs = C.score_specs(args.scores, DEFAULT_STUDY_SCORES)
+    try:
+        seeds = [int(x) for x in args.seeds.split(",") if x.strip()]
+    except ValueError as e:
+        raise UsageError(f"--seeds {args.seeds!r}: a comma list of integers, e.g. --seeds 0,1,2") from e
+    cfg = StudyConfig(
+        methods=[m.strip().lower() for m in args.methods.split(",") if m.strip()],
+        scores=specs,
+        seeds=seeds,
+        shots=args.shots,
+        params=method_kv(args.param, "--param", need_method=True),
+        train=method_kv(args.train_set, "--set", need_method=False),
+    )
+    _check_config(cfg)  # fail on bad methods, scores or settings before any loading
+    sets = C.build_sets(args)
+    opts = C.eval_options(args, sets)
+    study = run_study(lambda: C.load_model(args), sets.eval_sets, cfg, args.out, opts, not args.no_progress)
+    print(format_study(study))
+    print(f"study: {Path(args.out) / 'study.json'}")
+    return 0
