@@ -649,3 +649,19 @@ def test_invalid_yaml_syntax(tmp_path):
     f.write_text("name: [unclosed\n")
     with pytest.raises(DataError, match="invalid YAML"):
         load_benchmark_file(f)
+
+
+def test_sklearn_data_without_sklearn_names_the_extra(tmp_path, monkeypatch):
+    """scikit-learn is an extra (`examples`): its absence is a DataError naming the install command."""
+    import sys
+
+    from vlmood.data.example import write_example
+    from vlmood.data.prepare import prepare
+
+    for mod in ("sklearn", "sklearn.datasets"):
+        monkeypatch.setitem(sys.modules, mod, None)  # `import sklearn` raises ImportError
+    with pytest.raises(DataError, match=r"pip install 'vlmood\[examples\]'"):
+        write_example(tmp_path / "example")
+    assert not (tmp_path / "example").exists()
+    with pytest.raises(DataError, match=r"pip install 'vlmood\[examples\]'"):
+        prepare("sklearn-digits", tmp_path / "sklearn-digits")

@@ -317,7 +317,9 @@ def test_ueo_extraction_gets_skip_corrupt_and_workers(tmp_path, monkeypatch):
         progress=False,
         extract_options={"skip_corrupt": True, "num_workers": 0, "batch_size": 5},
     )
-    assert seen and all(kw.get("skip_corrupt") and kw.get("num_workers") == 0 for kw in seen)
+    # what each extraction ran with: its options object, with any keyword given over it
+    used = [X.ExtractOptions.of(kw.pop("options", None), **kw) for kw in seen]
+    assert used and all(o.skip_corrupt and o.num_workers == 0 and o.batch_size == 5 for o in used)
     info = json.loads((out / "adapter.json").read_text())
     assert info["data"]["n"] == 9 and len(info["data"]["skipped"]) == 1
 

@@ -117,8 +117,9 @@ def test_single_run_report(runs, tmp_path):
 
     res = _results(runs["a"])
     page = Page((out / "index.html").read_text())
-    # every <img> points at a file written beside the page, relatively
-    assert len(page.imgs) == 3
+    # every <img> points at a file written beside the page, relatively: 3 figures, then thumbnails
+    assert len([s for s in page.imgs if s.startswith("figures/")]) == 3
+    assert all(s.startswith(("figures/", "thumbs/")) for s in page.imgs)
     for src in page.imgs:
         assert not Path(src).is_absolute() and (out / src).is_file()
 
@@ -168,7 +169,10 @@ def test_single_run_report(runs, tmp_path):
     assert prov["model"] == "tiny-test" and prov["benchmark"].startswith("example-digits")
     assert res["classnames"]["sha256"][:12] in prov["class names"]
     assert res["templates"]["sha256"][:12] in prov["templates"]
-    assert "comparison" not in page.tables  # one run: no run x score table
+    summary = _body_rows(page.tables["summary"])  # the summary table comes first, even for one run
+    assert [r[1][1] for r in summary] == ["mcm", "energy", "knn"]
+    html = (out / "index.html").read_text()
+    assert html.index('id="summary"') < html.index('id="metrics-run1"')
 
     md = (out / "report.md").read_text()
     mcm = res["scores"]["mcm"]["per_set"]["digits-5-9"]
@@ -187,8 +191,8 @@ def test_two_runs_side_by_side(runs, tmp_path):
     html = (out / "index.html").read_text()
     assert "<title>Two &lt;runs&gt;</title>" in html
     page = Page(html)
-    assert {"metrics-run1", "metrics-run2", "comparison", "accuracy"} <= set(page.tables)
-    rows = _body_rows(page.tables["comparison"])
+    assert {"metrics-run1", "metrics-run2", "summary", "accuracy"} <= set(page.tables)
+    rows = _body_rows(page.tables["summary"])
     pairs = [(r[0][1], r[1][1]) for r in rows]
     assert pairs == [
         ("tiny-test [run_a]", "mcm"),
@@ -200,14 +204,19 @@ def test_two_runs_side_by_side(runs, tmp_path):
     res_b = _results(runs["b"])
     row = rows[3]
     tds = [c[1] for c in row if c[0] == "td"]
-    assert tds[:2] == [
-        _pct(res_b["scores"]["maxlogit"]["mean"]["auroc"]),
+    assert tds[0] == _pct(res_b["id_accuracy"])
+    assert tds[-2:] == [
         _pct(res_b["scores"]["maxlogit"]["mean"]["fpr95"]),
+        _pct(res_b["scores"]["maxlogit"]["mean"]["auroc"]),
+    ]
+    assert tds[1:3] == [
+        _pct(res_b["scores"]["maxlogit"]["near_mean"]["fpr95"]),
+        _pct(res_b["scores"]["maxlogit"]["near_mean"]["auroc"]),
     ]
     # the same model and data: mcm gives the same numbers in both runs
     assert [c[1] for c in rows[0] if c[0] == "td"] == [c[1] for c in rows[4] if c[0] == "td"]
     md = (out / "report.md").read_text()
-    assert "| run | score | mean AUROC ↑ | mean FPR95 ↓ |" in md
+    assert "| run | score | ID · acc. ↑ | near OOD · FPR95 ↓ | near OOD · AUROC ↑ |" in md
     assert (
         "## OOD detection, run 2: tiny-test \\[run\\_b\\]" in md
         or "## OOD detection, run 2: tiny-test \\[run_b\\]" in md
@@ -301,7 +310,14 @@ def test_rewrite_same_folder(runs, tmp_path):
     (out / "keep.txt").write_text("mine")
     write_report([runs["a"], runs["b"]], out)
     assert (out / "keep.txt").read_text() == "mine"
-    assert sorted(p.name for p in out.iterdir()) == ["figures", "index.html", "keep.txt", "report.md"]
+    assert sorted(p.name for p in out.iterdir()) == [
+        "figures",
+        "index.html",
+        "keep.txt",
+        "report.md",
+        "tables",
+        "thumbs",
+    ]
     assert len(list((out / "figures").iterdir())) == 5
 
 

@@ -70,31 +70,99 @@ def _run_chromium(browser: str, tmp: Path, *args: str) -> subprocess.CompletedPr
 @pytest.fixture(scope="module")
 def report(browser, report_runs, tmp_path_factory) -> Path:
     # ``browser`` first: without chromium the test skips before any evaluation runs
-    out = tmp_path_factory.mktemp("report_browser") / "report"
-    write_report([report_runs["a"], report_runs["b"]], out)
+    import json
+
+    root = tmp_path_factory.mktemp("report_browser")
+    # a third run with a long label: the summary must still fit 1400 px without sideways scrolling
+    long = shutil.copytree(report_runs["a"], root / "run_long")
+    res = json.loads((long / "results.json").read_text())
+    res["label"] = (
+        "coop · seed 1 · open_clip:ViT-B-16@/data/weights/some/very/long/path/vit_b16_laion2b.safetensors"
+    )
+    (long / "results.json").write_text(json.dumps(res))
+    out = root / "report"
+    write_report([report_runs["a"], report_runs["b"], long], out)
     return out
 
 
+# Test-only: open every folded section, then record what rendered and what a click on a heading does.
+PROBE = """<script>
+window.addEventListener("load", function () {
+  var ds = document.querySelectorAll("details");
+  for (var i = 0; i < ds.length; i++) { ds[i].open = true; }
+  var ts = document.querySelectorAll("table");
+  for (var j = 0; j < ts.length; j++) {
+    var t = ts[j];
+    t.setAttribute("data-rendered", t.offsetWidth > 0 && t.tBodies[0].rows.length > 0 ? "1" : "0");
+  }
+  var table = document.getElementById("summary"), th = table.querySelector('th[data-col="8"]');
+  th.click();
+  var vals = [];
+  for (var k = 0; k < table.tBodies[0].rows.length; k++) {
+    vals.push(table.tBodies[0].rows[k].cells[8].getAttribute("data-value"));
+  }
+  document.documentElement.setAttribute("data-sorted", vals.join(","));
+});
+</script></head>"""
+
+
+def _n_images(report: Path) -> int:
+    return (report / "index.html").read_text().count("<img ")
+
+
 def test_tables_and_images_in_chromium(browser, report, tmp_path):
-    dom = _run_chromium(browser, tmp_path, "--dump-dom", (report / "index.html").as_uri()).stdout
-    for table_id in ("runs-table", "accuracy", "comparison", "metrics-run1", "metrics-run2"):
-        assert f'id="{table_id}"' in dom, f"table {table_id} missing from the rendered page"
-    n_img = len(list((report / "figures").glob("*.png")))
-    assert n_img == 5
+    probed = tmp_path / "probed"
+    shutil.copytree(report, probed)
+    page = probed / "index.html"
+    page.write_text(page.read_text().replace("</head>", PROBE, 1))
+    dom = _run_chromium(browser, tmp_path, "--window-size=1400,1000", "--dump-dom", page.as_uri()).stdout
+    ids = (
+        "summary",
+        "runs-table",
+        "accuracy",
+        "class-accuracy",
+        "metrics-run1",
+        "metrics-run2",
+        "metrics-run3",
+    )
+    for table_id in ids:
+        m = re.search(rf'<table[^>]* id="{table_id}"[^>]*data-rendered="(\d)"', dom)
+        assert m, f"table {table_id} missing from the rendered page"
+        assert m.group(1) == "1", f"table {table_id} did not render"
+    assert len(list((report / "figures").glob("*.png"))) == 7
+    n_img = _n_images(report)
+    assert n_img > 7 and "thumbs/" in dom  # figures and failure thumbnails
     m = re.search(r'<html[^>]*data-images="(\d+)/(\d+)"', dom)
     assert m, "the page's load script did not run (no data-images on <html>)"
     assert (int(m.group(1)), int(m.group(2))) == (n_img, n_img), f"images loaded/total: {m.group(0)}"
     assert dom.count('data-loaded="1"') == n_img and 'data-loaded="0"' not in dom
+    # sorting: one click on "all OOD AUROC" sorts ascending, missing values last
+    vals = re.search(r'data-sorted="([^"]*)"', dom).group(1).split(",")
+    nums = [float(v) for v in vals if v]
+    assert nums == sorted(nums) and len(nums) == 8
+
+
+def test_summary_fits_1400px(browser, report, tmp_path):
+    dom = _run_chromium(
+        browser, tmp_path, "--window-size=1400,1000", "--dump-dom", (report / "index.html").as_uri()
+    ).stdout
+    m = re.search(r'<div class="table-wrap" data-hscroll="(\d)"><table id="summary"', dom)
+    assert m, "the load script did not measure the summary table"
+    assert m.group(1) == "0", "the summary table scrolls sideways at 1400 px"
+    assert re.search(r'<html[^>]*data-page-hscroll="0"', dom), "the page scrolls sideways at 1400 px"
 
 
 def test_broken_image_is_detected(browser, report, tmp_path):
-    """Negative control: the same check sees a missing figure."""
+    """Negative control: the same check sees a missing figure and a missing thumbnail."""
     broken = tmp_path / "broken"
     shutil.copytree(report, broken)
-    victim = sorted((broken / "figures").glob("*-roc.png"))[0]
-    victim.unlink()
+    sorted((broken / "figures").glob("*-roc.png"))[0].unlink()
+    thumb = next(p for p in (broken / "thumbs").iterdir() if p.suffix == ".jpg")
+    n_lost = (broken / "index.html").read_text().count(f"thumbs/{thumb.name}")
+    thumb.unlink()
     dom = _run_chromium(browser, tmp_path, "--dump-dom", (broken / "index.html").as_uri()).stdout
-    assert re.search(r'data-images="4/5"', dom), "a missing figure was not detected"
+    n = _n_images(report)
+    assert re.search(rf'data-images="{n - 1 - n_lost}/{n}"', dom), "a missing image was not detected"
     assert 'class="broken"' in dom
 
 

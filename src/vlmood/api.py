@@ -45,6 +45,7 @@ if TYPE_CHECKING:
 
     from vlmood.data.base import ImageSource
     from vlmood.eval.runner import EvalSets, LabelledSet, OODSet, ScoreSpec
+    from vlmood.features.options import ExtractOptions
     from vlmood.methods.base import Adapter
     from vlmood.models.base import VLM
     from vlmood.scores.base import Score
@@ -407,6 +408,28 @@ def _adapter_for(adapter: Adapter | str | os.PathLike, model: VLM, bench: Benchm
     return adapter, model
 
 
+def _extract_options(
+    cache_dir: str | os.PathLike | None,
+    batch_size: int,
+    num_workers: int | None,
+    skip_corrupt: bool,
+    fingerprint: str,
+    progress: bool,
+) -> ExtractOptions:
+    """The extraction arguments of :func:`evaluate`, :func:`fit` and :func:`study` as the one
+    :class:`~vlmood.features.options.ExtractOptions` every extraction takes."""
+    from vlmood.features.options import ExtractOptions
+
+    return ExtractOptions(
+        cache_root=cache_dir,
+        batch_size=batch_size,
+        num_workers=num_workers,
+        skip_corrupt=skip_corrupt,
+        fingerprint=fingerprint,
+        progress=progress,
+    )
+
+
 def evaluate(
     model: VLM,
     bench: BenchmarkSets | str | os.PathLike,
@@ -460,12 +483,7 @@ def evaluate(
     opts = EvalOptions(
         templates=list(tmpl),
         templates_origin=origin,
-        cache_dir=str(cache_dir) if cache_dir is not None else None,
-        batch_size=batch_size,
-        num_workers=num_workers,
-        skip_corrupt=skip_corrupt,
-        fingerprint=fingerprint,
-        progress=progress,
+        extract=_extract_options(cache_dir, batch_size, num_workers, skip_corrupt, fingerprint, progress),
         save_scores=out is not None,
         adapter=ad,
         adapter_info=ad.record(ad.path or "") if ad is not None else None,
@@ -575,15 +593,11 @@ def fit(
         shots=shots,
         seed=seed,
         classnames=classnames,
-        cache_root=cache_dir,
         progress=progress,
         resume=resume,
-        extract_options={
-            "batch_size": extract_batch_size,
-            "num_workers": num_workers,
-            "skip_corrupt": skip_corrupt,
-            "fingerprint": fingerprint,
-        },
+        extract_options=_extract_options(
+            cache_dir, extract_batch_size, num_workers, skip_corrupt, fingerprint, progress
+        ),
     )
     rewrites = getattr(METHODS.get(method), "adapts_image_encoder", False)
     return load_adapter(Path(path).absolute(), copy.deepcopy(model) if rewrites else model)
@@ -744,12 +758,9 @@ def study(
     opts = EvalOptions(
         templates=list(tmpl),
         templates_origin=origin,
-        cache_dir=str(cache_dir) if cache_dir is not None else None,
-        batch_size=extract_batch_size,
-        num_workers=num_workers,
-        skip_corrupt=skip_corrupt,
-        fingerprint=fingerprint,
-        progress=progress,
+        extract=_extract_options(
+            cache_dir, extract_batch_size, num_workers, skip_corrupt, fingerprint, progress
+        ),
     )
     calls = 0
 

@@ -88,6 +88,7 @@ def run_demo(
 ) -> dict[str, Any]:
     from vlmood.eval.runner import EvalOptions, format_table, run_eval
     from vlmood.eval.sets import sets_from_args
+    from vlmood.features.options import ExtractOptions
     from vlmood.models import load_model
 
     folder = extract_demo(cache_dir)
@@ -96,8 +97,7 @@ def run_demo(
     opts = EvalOptions(
         templates=list(resolved.templates or ["a photo of a {}."]),
         templates_origin=resolved.templates_origin or "simple",
-        cache_dir=str(cache_dir) if cache_dir else None,
-        progress=progress,
+        extract=ExtractOptions(cache_root=cache_dir or None, progress=progress),
         command=sys.argv,
     )
     results = run_eval(vlm, resolved.eval_sets, demo_scores(folder), out, opts)

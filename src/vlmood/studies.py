@@ -24,7 +24,6 @@ shown as ``n/a`` for that method, with the reason in ``study.json``.
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 import math
 import os
@@ -38,7 +37,6 @@ import numpy as np
 
 from vlmood.eval.heads import head_kind
 from vlmood.eval.runner import EvalOptions, EvalSets, ScoreSpec, build_scores, run_eval
-from vlmood.train.engine import CHECKPOINT_NAME
 from vlmood.utils import atomic_path, atomic_write_json, sha256_json
 
 log = logging.getLogger(__name__)
@@ -108,82 +106,6 @@ def _supported(specs: Sequence[ScoreSpec], head_kind: str) -> tuple[list[ScoreSp
     return keep, skipped
 
 
-#: training settings that do not change what is computed (TrainConfig.identity leaves them out)
-_RUN_ONLY = ("num_workers", "log_every", "tensorboard")
-
-
-def _train_fields(tc, requested: dict[str, Any]) -> dict[str, Any]:
-    """The settings an adapter is compared on: what ``TrainConfig.identity`` covers; the derived
-    ``warmup_steps`` only when it was asked for explicitly."""
-    d = {k: v for k, v in dataclasses.asdict(tc).items() if k not in _RUN_ONLY}
-    if "warmup_steps" not in requested:
-        d.pop("warmup_steps")
-    return json.loads(json.dumps(d))  # tuples as lists, as stored
-
-
-def _stored_train(info: dict[str, Any], keys) -> dict[str, Any]:
-    from vlmood.train.engine import TrainConfig
-
-    defaults = json.loads(json.dumps(dataclasses.asdict(TrainConfig())))
-    stored = info.get("train") or {}
-    return {k: stored.get(k, defaults.get(k)) for k in keys}
-
-
-def _expected_data(sets: EvalSets, templates: list[str], fingerprint: str) -> dict[str, Any]:
-    """What an evaluation's results must have been computed on: class names, templates and the
-    fingerprint of every dataset."""
-    from vlmood.utils import sha256_text
-
-    fps = {"id": sets.id.fingerprint(fingerprint)}
-    for o in sets.ood:
-        fps[f"ood/{o.name}"] = o.source.fingerprint(fingerprint)
-    for kind, group in (("domain_shift", sets.domain_shift), ("held_out", sets.held_out)):
-        for ls in group:
-            fps[f"{kind}/{ls.name}"] = ls.source.fingerprint(fingerprint)
-    return {
-        "classnames": sha256_text("\n".join(sets.classnames)),
-        "templates": sha256_text("\n".join(templates)),
-        "datasets": fps,
-    }
-
-
-def _result_data(res: dict[str, Any]) -> dict[str, Any]:
-    ds = res.get("datasets", {})
-    fps = {"id": (ds.get("id", {}).get("cache") or {}).get("fingerprint")}
-    for name, rec in ds.get("ood", {}).items():
-        fps[f"ood/{name}"] = (rec.get("cache") or {}).get("fingerprint")
-    for kind in ("domain_shift", "held_out"):
-        for name, rec in res.get(kind, {}).items():
-            fps[f"{kind}/{name}"] = ((rec.get("dataset") or {}).get("cache") or {}).get("fingerprint")
-    return {
-        "classnames": (res.get("classnames") or {}).get("sha256"),
-        "templates": (res.get("templates") or {}).get("sha256"),
-        "datasets": fps,
-    }
-
-
-def _results_match(
-    path: Path, model, adapter_key: str | None, labels: list[str], expected: dict[str, Any]
-) -> bool:
-    """results.json exists, for this model, adapter, data, class names and templates, with every
-    requested score."""
-    if not path.is_file():
-        return False
-    try:
-        res = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError:
-        return False
-    if _result_data(res) != expected:
-        log.info("study: %s was computed on other data, class names or templates; evaluating again", path)
-        return False
-    same_model = {k: v for k, v in res.get("model", {}).items() if k in model.identity.to_dict()}
-    mine = model.identity.to_dict()
-    same_model.pop("spec", None)
-    mine.pop("spec", None)
-    key = (res.get("adapter") or {}).get("key")
-    return same_model == mine and key == adapter_key and set(labels) <= set(res.get("scores", {}))
-
-
 def run_study(
     model_factory: Callable[[], Any],
     sets: EvalSets,
@@ -200,7 +122,6 @@ def run_study(
         create_method,
         fit_method,
         load_adapter,
-        read_adapter_info,
     )
 
     _check_config(cfg)
@@ -225,28 +146,27 @@ def run_study(
         "benchmark": sets.benchmark,
     }
     t0 = time.perf_counter()
-    expected = _expected_data(sets, opts.templates, opts.fingerprint)
-    train_fp = sets.train.fingerprint(opts.fingerprint) if sets.train is not None else None
     base = model_factory()
     runs: dict[str, dict[str, Any]] = {}
+    results: dict[tuple[str, str], dict[str, Any]] = {}  # (method, seed) -> results dict
 
     method_scores = list(cfg.scores)
 
-    def evaluate(run_dir: Path, model, adapter, info: dict | None, wanted: list[ScoreSpec]) -> dict[str, Any]:
+    def evaluate(
+        run_dir: Path, model, adapter, info: dict | None, wanted: list[ScoreSpec]
+    ) -> tuple[dict, dict]:
         specs, skipped = _supported(wanted, head_kind(adapter))
-        labels = [s.label for s in specs]
-        key = adapter.key if adapter is not None else None
-        path = run_dir / "results.json"
-        if not _results_match(path, model, key, labels, expected):
-            o = dataclasses.replace(opts, adapter=adapter, adapter_info=info, command=opts.command)
-            run_eval(model, sets, specs, run_dir, o)
-        return {"results": str(path.relative_to(out)), "skipped_scores": skipped}
+        o = dataclasses.replace(opts, adapter=adapter, adapter_info=info, command=opts.command)
+        res = run_eval(model, sets, specs, run_dir, o, reuse=True)  # same inputs: nothing recomputed
+        rec = {"results": str((run_dir / "results.json").relative_to(out)), "skipped_scores": skipped}
+        return rec, res
 
     if ZERO_SHOT in cfg.methods:
         log.info("study: zero-shot")
-        rec = evaluate(out / "runs" / ZERO_SHOT, base, None, None, cfg.scores)
+        rec, res = evaluate(out / "runs" / ZERO_SHOT, base, None, None, cfg.scores)
         runs[ZERO_SHOT] = {"seeds": {"-": rec}}
-        method_scores = _reuse_negatives(cfg.scores, out / rec["results"])
+        results[(ZERO_SHOT, "-")] = res
+        method_scores = _reuse_negatives(cfg.scores, res, out / "runs" / ZERO_SHOT)
 
     for name in cfg.methods:
         if name == ZERO_SHOT:
@@ -260,57 +180,21 @@ def run_study(
             tc = dataclasses.replace(tc, precision=str(base.identity.precision))
             ad_dir = out / "adapters" / name / f"seed{seed}"
             shots = cfg.shots if method.needs_labels else None
-            # what decides the adapter: method, its hyperparameters, training settings, data draw
-            requested = {**cfg.train.get("*", {}), **cfg.train.get(name, {})}
-            tc_d = _train_fields(tc, requested)
-            want = {
-                "method": method.name,
-                "params": json.loads(json.dumps(dataclasses.asdict(method.params))),
-                "train": tc_d,
-                "shots": shots,
-                "data": train_fp,
-            }
-            if (ad_dir / "adapter.json").is_file():
-                info = read_adapter_info(ad_dir)
-                data_meta = info.get("data") or {}
-                have = {
-                    "method": info.get("method"),
-                    "params": {k: info.get("params", {}).get(k) for k in want["params"]},
-                    "train": _stored_train(info, tc_d),
-                    "shots": data_meta.get("shots"),
-                    # adapters written before the fingerprint was recorded are taken as they are
-                    "data": data_meta.get("source_fingerprint", train_fp),
-                }
-                if have != want:
-                    diff = {}
-                    for k in want:
-                        h, w = have[k], want[k]
-                        if isinstance(h, dict) and isinstance(w, dict):
-                            diff.update({f"{k}.{s}": (h.get(s), w.get(s)) for s in w if h.get(s) != w.get(s)})
-                        elif h != w:
-                            diff[k] = (h, w)
-                    raise ValueError(
-                        f"{ad_dir} holds an adapter trained with other settings than this study asks for "
-                        f"(have, want: {diff}); use another --out or delete that folder"
-                    )
-            else:
-                log.info("study: fit %s seed %d", name, seed)
-                resume = (ad_dir / "train" / CHECKPOINT_NAME).is_file()  # a killed training continues
-                fit_method(
-                    name,
-                    base,
-                    sets.train,
-                    ad_dir,
-                    cfg=tc,
-                    params=cfg.params.get(name, {}),
-                    shots=shots,
-                    seed=seed,
-                    classnames=sets.classnames,
-                    cache_root=opts.cache_dir,
-                    progress=progress,
-                    resume=resume,
-                    extract_options=opts.extract_kwargs(),
-                )
+            # an adapter of the same settings is reused, another refused, a killed one resumed
+            fit_method(
+                name,
+                base,
+                sets.train,
+                ad_dir,
+                cfg=tc,
+                params=cfg.params.get(name, {}),
+                shots=shots,
+                seed=seed,
+                classnames=sets.classnames,
+                progress=progress,
+                extract_options=opts.extract,
+                reuse=True,
+            )
             # an adapter that rewrites the image encoder gets a fresh model (the base stays clean)
             model = model_factory() if getattr(method_cls, "adapts_image_encoder", False) else base
             try:
@@ -321,9 +205,10 @@ def run_study(
                 ) from e
             if adapter.adapts_image_encoder and model is base:
                 raise RuntimeError(f"{name}: adapter rewrote the shared base model")
-            rec = evaluate(
+            rec, res = evaluate(
                 out / "runs" / name / f"seed{seed}", model, adapter, adapter.record(ad_dir), method_scores
             )
+            results[(name, str(seed))] = res
             rec["adapter"] = str(ad_dir.relative_to(out))
             rec["train_s"] = (adapter.info.get("metrics") or {}).get("train_s")
             entry["seeds"][str(seed)] = rec
@@ -337,7 +222,7 @@ def run_study(
         "plan_sha256": sha256_json(plan),
         "model": base.identity.to_dict(),
         "runs": runs,
-        "table": aggregate(out, runs, [s.label for s in cfg.scores]),
+        "table": aggregate(runs, results, [s.label for s in cfg.scores]),
         "wall_s": time.perf_counter() - t0,
     }
     atomic_write_json(out / "study.json", study)
@@ -346,17 +231,16 @@ def run_study(
     return study
 
 
-def _reuse_negatives(specs: list[ScoreSpec], zero_shot_results: Path) -> list[ScoreSpec]:
+def _reuse_negatives(specs: list[ScoreSpec], res: dict[str, Any], run_dir: Path) -> list[ScoreSpec]:
     """NegLabel specs that mine their own negatives get the zero-shot run's mined labels file, so
     every method is scored against the same negatives (each with its own ID side); the label
     shown stays the requested one."""
-    res = json.loads(zero_shot_results.read_text(encoding="utf-8"))
     out = []
     for spec in specs:
         mined = (res.get("scores", {}).get(spec.label, {}).get("artifacts") or {}).get("neglabel_labels_file")
         if spec.name == "neglabel" and "labels_file" not in spec.params and mined:
             # always relative to this study folder (which may have been moved since)
-            path = zero_shot_results.parent / "artifacts" / Path(mined).name
+            path = run_dir / "artifacts" / Path(mined).name
             out.append(
                 ScoreSpec(spec.name, {**spec.params, "labels_file": str(path)}, display=spec.label)
                 if spec.instance is None
@@ -376,13 +260,14 @@ def _mean_std(xs: list[float]) -> dict[str, float] | None:
     return {"mean": float(a.mean()), "std": float(a.std(ddof=1)) if len(a) > 1 else 0.0, "n": len(a)}
 
 
-def aggregate(out: Path, runs: dict[str, Any], score_labels: list[str]) -> dict[str, Any]:
-    """Per method: accuracies and, per score, OOD metric means/stds over seeds."""
+def aggregate(
+    runs: dict[str, Any], all_results: dict[tuple[str, str], dict[str, Any]], score_labels: list[str]
+) -> dict[str, Any]:
+    """Per method: accuracies and, per score, OOD metric means/stds over seeds (from the results
+    dicts ``run_eval`` returned, keyed by (method, seed))."""
     table: dict[str, Any] = {}
     for method, entry in runs.items():
-        results = []
-        for rec in entry["seeds"].values():
-            results.append(json.loads((out / rec["results"]).read_text(encoding="utf-8")))
+        results = [all_results[(method, seed)] for seed in entry["seeds"]]
         row: dict[str, Any] = {"id_accuracy": _mean_std([r.get("id_accuracy") for r in results])}
         for kind in ("domain_shift", "held_out"):
             names = list(results[0].get(kind, {}))

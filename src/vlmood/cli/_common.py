@@ -237,24 +237,25 @@ def eval_options(args: argparse.Namespace, sets):
     return EvalOptions(
         templates=tmpl,
         templates_origin=template_origin,
-        cache_dir=args.cache_dir,
-        batch_size=args.batch_size,
-        num_workers=args.workers,
-        skip_corrupt=args.skip_corrupt,
-        fingerprint=args.fingerprint,
-        progress=not args.no_progress,
+        extract=extract_options(args),
         command=sys.argv,
         label=getattr(args, "label", None),
     )
 
 
-def extract_options(args: argparse.Namespace) -> dict[str, Any]:
-    return {
-        "batch_size": args.batch_size,
-        "num_workers": args.workers,
-        "skip_corrupt": args.skip_corrupt,
-        "fingerprint": args.fingerprint,
-    }
+def extract_options(args: argparse.Namespace):
+    """ExtractOptions from the shared extraction options (--cache-dir, --batch-size, --workers,
+    --skip-corrupt, --fingerprint, --no-progress)."""
+    from vlmood.features.options import ExtractOptions
+
+    return ExtractOptions(
+        cache_root=args.cache_dir,
+        batch_size=args.batch_size,
+        num_workers=args.workers,
+        skip_corrupt=args.skip_corrupt,
+        fingerprint=args.fingerprint,
+        progress=not args.no_progress,
+    )
 
 
 def load_model(args: argparse.Namespace):

@@ -103,14 +103,7 @@ def cmd_cache(args: argparse.Namespace) -> int:
     todo = [es.id] + [o.source for o in es.ood] + ([es.train] if es.train is not None else [])
     todo += [s.source for s in es.domain_shift + es.held_out]
     for src in todo:
-        fs = extract_features(
-            model,
-            src,
-            kinds,
-            cache_root=args.cache_dir,
-            progress=not args.no_progress,
-            **C.extract_options(args),
-        )
+        fs = extract_features(model, src, kinds, options=C.extract_options(args))
         if D.is_main():
             print(
                 f"{src.name}: {len(src)} images, encoded {fs.encoded}, {fs.timings.get('total_s', 0):.1f}s, "

@@ -153,7 +153,6 @@ def cmd_fit(args: argparse.Namespace) -> int:
         shots=args.shots,
         seed=args.seed,
         classnames=ts.classnames,
-        cache_root=args.cache_dir,
         progress=not args.no_progress,
         resume=args.resume,
         extract_options=C.extract_options(args),

@@ -44,7 +44,16 @@ ood:
 def write_example(out: str | os.PathLike, per_class: int = 30, size: int = 64, seed: int = 0) -> Path:
     """Write the example benchmark under ``out`` (atomically) and return its YAML path."""
     from PIL import Image
-    from sklearn.datasets import load_digits, load_sample_images
+
+    try:
+        from sklearn.datasets import load_digits, load_sample_images
+    except ImportError as e:
+        from vlmood.data.base import DataError
+
+        raise DataError(
+            "the example benchmark is made from scikit-learn's bundled images: "
+            f"pip install 'vlmood[examples]' ({e})"
+        ) from e
 
     out = Path(out)
     if (out / "example.yaml").exists():

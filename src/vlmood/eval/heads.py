@@ -36,10 +36,8 @@ from typing import Any
 
 import numpy as np
 
+from vlmood.scores._math import map_cosines
 from vlmood.scores.base import INPUTS, Score
-
-#: rows per block when computing a head's matrix or applying a score to it
-ROWS = 8192
 
 #: inputs from the evaluated data itself, which every head passes through
 DATA_INPUTS = frozenset({"image", "patch", "train"})
@@ -70,9 +68,7 @@ class TextCosines:
         return np.asarray(self.image[rows], dtype=np.float32) @ self.text_t
 
     def __array__(self, dtype=None, copy=None) -> np.ndarray:
-        out = np.empty(self.shape, dtype=np.float32)
-        for s in range(0, self.shape[0], ROWS):
-            out[s : s + ROWS] = self[s : s + ROWS]
+        out = map_cosines(self.image, self.text_t)
         return out if dtype is None else out.astype(dtype, copy=False)
 
 
@@ -137,11 +133,7 @@ class TextHead(ClassHead):
         self.adapter = adapter
 
     def matrix(self, feats: dict[str, np.ndarray]) -> np.ndarray:
-        image = feats["image"]
-        out = np.empty((image.shape[0], self.text.shape[0]), dtype=np.float32)
-        for s in range(0, image.shape[0], ROWS):
-            out[s : s + ROWS] = np.asarray(image[s : s + ROWS], dtype=np.float32) @ self.text.T
-        return out
+        return map_cosines(feats["image"], self._text_t)
 
     def _own_inputs(self, feats, matrix):
         cos = TextCosines(feats["image"], self._text_t)

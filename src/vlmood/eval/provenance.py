@@ -1,4 +1,7 @@
-"""What made a result: library versions, git revision, device, threads."""
+"""What made an artifact: library versions, git revision, device, threads.
+
+``environment_info`` is the one provenance record: results.json, adapter.json and a pretraining
+run's summary.json all carry it as ``environment``."""
 
 from __future__ import annotations
 

@@ -39,14 +39,17 @@ from vlmood.features.extract import (
     class_text_features,
     extract_features,
 )
+from vlmood.features.options import ExtractOptions
 from vlmood.features.text import TextEncoder
 from vlmood.models.base import VLM
 from vlmood.scores import ScoreContext
+from vlmood.scores._math import argmax_classes
 from vlmood.utils import (
     atomic_path,
     atomic_write_json,
     is_disk_full,
     replace_dir,
+    sha256_json,
     sha256_text,
     sweep_stale_temps,
     temp_prefix,
@@ -154,37 +157,75 @@ def parse_score_text(text: str, flag: str = "--score") -> list[ScoreSpec]:
     return [ScoreSpec(n.strip()) for n in text.split(",") if n.strip()]
 
 
-@dataclass
+#: EvalOptions' former extraction fields -> ExtractOptions fields (still accepted and readable)
+_EXTRACT_FIELDS = {
+    "cache_dir": "cache_root",
+    "batch_size": "batch_size",
+    "num_workers": "num_workers",
+    "skip_corrupt": "skip_corrupt",
+    "fingerprint": "fingerprint",
+    "progress": "progress",
+}
+
+
+@dataclass(init=False)
 class EvalOptions:
+    """How :func:`run_eval` runs: templates, extraction (``extract``, one
+    :class:`~vlmood.features.options.ExtractOptions`), what it writes and records.
+
+    ``cache_dir``, ``batch_size``, ``num_workers``, ``skip_corrupt``, ``fingerprint`` and
+    ``progress`` are accepted as keywords and readable as attributes: they are ``extract``'s
+    fields (``cache_dir`` is its ``cache_root``), given over ``extract``'s values."""
+
     templates: list[str]
-    templates_origin: str = "simple"
-    cache_dir: str | None = None
-    batch_size: int = 64
-    num_workers: int | None = None
-    skip_corrupt: bool = False
-    fingerprint: str = "stat"
-    progress: bool = True
-    save_scores: bool = True
-    command: list[str] | None = None
+    templates_origin: str
+    extract: ExtractOptions
+    save_scores: bool
+    command: list[str] | None
     # a loaded adapter (vlmood.methods.load_adapter) replaces the zero-shot classifier through its
     # class head (vlmood.eval.heads): prompt learning and UEO give class text features, CoCoOp
     # per-image cosines, probes logits on their cached feature kind
-    adapter: Any = None
-    adapter_info: dict[str, Any] | None = None
+    adapter: Any
+    adapter_info: dict[str, Any] | None
     # when given, filled in place: score label -> that score's raw arrays (the keys of
     # scores/<label>.npz); the Python API keeps them in memory this way
-    raw_scores: dict[str, dict[str, np.ndarray]] | None = None
+    raw_scores: dict[str, dict[str, np.ndarray]] | None
     # a name for the run (``--label``), recorded in results.json; ``vlmood report`` shows it
-    label: str | None = None
+    label: str | None
 
-    def extract_kwargs(self) -> dict[str, Any]:
-        """The ``extract_features`` options these settings imply (also used for training data)."""
-        return {
-            "batch_size": self.batch_size,
-            "num_workers": self.num_workers,
-            "skip_corrupt": self.skip_corrupt,
-            "fingerprint": self.fingerprint,
-        }
+    def __init__(
+        self,
+        templates: list[str],
+        templates_origin: str = "simple",
+        extract: ExtractOptions | None = None,
+        save_scores: bool = True,
+        command: list[str] | None = None,
+        adapter: Any = None,
+        adapter_info: dict[str, Any] | None = None,
+        raw_scores: dict[str, dict[str, np.ndarray]] | None = None,
+        label: str | None = None,
+        **extract_fields: Any,
+    ) -> None:
+        unknown = sorted(set(extract_fields) - set(_EXTRACT_FIELDS))
+        if unknown:
+            raise TypeError(f"EvalOptions got unexpected keyword argument(s) {unknown}")
+        self.templates = templates
+        self.templates_origin = templates_origin
+        self.extract = ExtractOptions.of(
+            extract, **{_EXTRACT_FIELDS[k]: v for k, v in extract_fields.items()}
+        )
+        self.save_scores = save_scores
+        self.command = command
+        self.adapter = adapter
+        self.adapter_info = adapter_info
+        self.raw_scores = raw_scores
+        self.label = label
+
+    def __getattr__(self, name: str) -> Any:
+        # the former extraction fields, read from ``extract`` (cache_dir: its cache_root)
+        if name in _EXTRACT_FIELDS:
+            return getattr(self.extract, _EXTRACT_FIELDS[name])
+        raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
 
 
 def _summarise(per_set: dict[str, dict[str, float]], groups: dict[str, str]) -> dict[str, dict[str, float]]:
@@ -229,15 +270,12 @@ def build_scores(specs: Sequence[ScoreSpec]) -> list[tuple[ScoreSpec, Any]]:
     return out
 
 
-def zero_shot_accuracy(image: np.ndarray, text: np.ndarray, labels: np.ndarray, chunk: int = 16384) -> float:
+def zero_shot_accuracy(image: np.ndarray, text: np.ndarray, labels: np.ndarray) -> float:
     """Top-1 accuracy of argmax cosine (images with label < 0 are ignored)."""
     keep = labels >= 0
     if not keep.any():
         return float("nan")
-    preds = np.empty(image.shape[0], dtype=np.int64)
-    for s in range(0, image.shape[0], chunk):
-        preds[s : s + chunk] = np.argmax(np.asarray(image[s : s + chunk], dtype=np.float32) @ text.T, axis=1)
-    return float(np.mean(preds[keep] == labels[keep]))
+    return float(np.mean(argmax_classes(image, text)[keep] == labels[keep]))
 
 
 def matrix_accuracy(matrix: np.ndarray, labels: np.ndarray) -> float:
@@ -304,12 +342,58 @@ def check_out_dir(out_dir: str | os.PathLike) -> Path:
     return out
 
 
+def eval_identity(model: VLM, sets: EvalSets, opts: EvalOptions) -> dict[str, Any]:
+    """What decides an evaluation's numbers, and its key (``sha256_json`` of the rest): the model
+    (its identity without the spec text), the adapter key, class names, templates, every set's
+    fingerprint and the corrupt-image policy. Score parameters are per score (their labels).
+    Written into results.json as ``identity``; ``run_eval(..., reuse=True)`` compares it."""
+    fp = opts.fingerprint
+    datasets = {"id": sets.id.fingerprint(fp)}
+    datasets.update({f"ood/{o.name}": o.source.fingerprint(fp) for o in sets.ood})
+    for kind, group in (("domain_shift", sets.domain_shift), ("held_out", sets.held_out)):
+        datasets.update({f"{kind}/{ls.name}": ls.source.fingerprint(fp) for ls in group})
+    if sets.train is not None:
+        datasets["train"] = sets.train.fingerprint(fp)
+    model_id = dict(model.identity.to_dict())
+    model_id.pop("spec", None)  # how the model was named, not what it is
+    ident = {
+        "model": model_id,
+        "adapter": getattr(opts.adapter, "key", None),
+        "classnames": sha256_text("\n".join(sets.classnames)),
+        "templates": sha256_text("\n".join(opts.templates)),
+        "datasets": datasets,
+        "skip_corrupt": bool(opts.skip_corrupt),
+    }
+    return {"key": sha256_json(ident), **ident}
+
+
+def _reusable(final: Path, ident: dict[str, Any], labels: list[str]) -> dict[str, Any] | None:
+    """The results in ``final`` when they were computed from the same inputs (identity key) and
+    hold every requested score; None otherwise (the caller evaluates)."""
+    import json
+
+    path = final / "results.json"
+    try:
+        res = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    have = (res.get("identity") or {}).get("key")
+    if have != ident["key"]:
+        if have is not None:
+            log.info("%s was computed from other inputs (identity key); evaluating again", path)
+        return None
+    if not set(labels) <= set(res.get("scores", {})):
+        return None
+    return res
+
+
 def run_eval(
     model: VLM,
     sets: EvalSets,
     scores: Sequence[ScoreSpec],
     out_dir: str | os.PathLike | None,
     opts: EvalOptions,
+    reuse: bool = False,
 ) -> dict[str, Any]:
     """Evaluate every score on ``sets``; write results.json (+ raw scores) and return the results dict.
 
@@ -320,10 +404,23 @@ def run_eval(
     ``out_dir=None`` writes nothing that stays: score artifacts (e.g. NegLabel's mined labels) go to
     a temporary folder deleted when the run ends, raw scores are not saved (``opts.raw_scores``
     keeps them in memory), and paths into that folder are None in the returned dict.
+
+    results.json carries ``identity`` (:func:`eval_identity`); with ``reuse=True`` an ``out_dir``
+    whose results have the same identity key and every requested score is returned as it is,
+    without any work (what ``vlmood study`` relies on to resume).
     """
+    ident = eval_identity(model, sets, opts)
     if out_dir is None:
-        return _run_eval_in_memory(model, sets, scores, opts)
+        res = _run_eval_in_memory(model, sets, scores, opts)
+        res["identity"] = ident
+        return res
     final = check_out_dir(out_dir)
+    if reuse:
+        labels = [s.label for s in scores]
+        prev = _reusable(final, ident, labels) if D.is_main() else None
+        if D.broadcast_object(prev is not None if D.is_main() else None):
+            log.info("%s: reusing results computed from the same inputs", final)
+            return prev if prev is not None else {}
     if not D.is_main():
         return _run_eval(model, sets, scores, final, opts)  # only rank 0 writes
     final.parent.mkdir(parents=True, exist_ok=True)
@@ -336,6 +433,7 @@ def run_eval(
         results = _run_eval(model, sets, scores, staging, opts)
         # paths recorded inside the results (e.g. NegLabel's mined labels) name the final folder
         results = _retarget(results, str(staging), str(final))
+        results["identity"] = ident
         atomic_write_json(staging / "results.json", results)
         replace_dir(staging, final)
     except BaseException as e:
@@ -420,18 +518,18 @@ def _run_eval(
             f"score(s) {needs_train} need ID training features: pass --train DIR (or use a benchmark "
             f"with a train split), or drop these scores"
         )
-    extract_kw = dict(cache_root=opts.cache_dir, progress=opts.progress, **opts.extract_kwargs())
+    xo = opts.extract
     timings: dict[str, float] = {}
     t = time.perf_counter()
-    id_fs = extract_features(model, sets.id, kinds, **extract_kw)
-    ood_fs = {o.name: extract_features(model, o.source, kinds, **extract_kw) for o in sets.ood}
-    train_fs = extract_features(model, sets.train, ["image"], **extract_kw) if needs_train else None
+    id_fs = extract_features(model, sets.id, kinds, options=xo)
+    ood_fs = {o.name: extract_features(model, o.source, kinds, options=xo) for o in sets.ood}
+    train_fs = extract_features(model, sets.train, ["image"], options=xo) if needs_train else None
     # every rank takes part in each extraction (they are collective under torchrun)
     # held-out classes: a probe cannot classify them, so only its own ID classes need its features
     held_kinds = ["image"] if head_kind == "probe" else set_kinds
     labelled_fs = {
         (kind, ls.name): extract_features(
-            model, ls.source, set_kinds if kind == "domain_shift" else held_kinds, **extract_kw
+            model, ls.source, set_kinds if kind == "domain_shift" else held_kinds, options=xo
         )
         for kind, group in (("domain_shift", sets.domain_shift), ("held_out", sets.held_out))
         for ls in group
@@ -496,9 +594,7 @@ def _run_eval(
             **({"train": _dataset_record(train_fs)} if train_fs is not None else {}),
         },
         "options": {
-            "batch_size": opts.batch_size,
-            "skip_corrupt": opts.skip_corrupt,
-            "fingerprint": opts.fingerprint,
+            **opts.extract.record(),
             "feature_kinds": kinds,
         },
         "id_accuracy": id_accuracy,
@@ -528,6 +624,12 @@ def _run_eval(
     encode_fn = TextEncoder(model, opts.cache_dir, progress=opts.progress)
 
     groups = {o.name: o.group for o in sets.ood}
+    # per image, shared by every score's raw file: path, the head's predicted class, true ID class
+    per_image = (
+        _per_image(id_fs, ood_fs, sets, head, head_matrix)
+        if (opts.save_scores or opts.raw_scores is not None)
+        else {}
+    )
     score_results: dict[str, Any] = {}
     t_scores = time.perf_counter()
     for spec, sc in score_objs:
@@ -561,6 +663,7 @@ def _run_eval(
             raw[f"ood/{o.name}"] = ood_scores
             raw[f"index/ood/{o.name}"] = np.flatnonzero(ood_fs[o.name].valid)
             per_set[o.name] = M.ood_metrics(id_scores, ood_scores)
+        raw.update(per_image)
         entry = {
             "name": spec.name,
             **({"class": score_class_name(sc)} if spec.instance is not None else {}),
@@ -578,7 +681,7 @@ def _run_eval(
             path = out / "scores" / f"{_safe(spec.label)}.npz"
             path.parent.mkdir(parents=True, exist_ok=True)
             with atomic_path(path) as tmp, open(tmp, "wb") as f:
-                np.savez(f, **raw)
+                np.savez_compressed(f, **raw)  # paths repeat long prefixes; compressed they cost little
             entry["raw_scores"] = str(path.relative_to(out))
         score_results[spec.label] = entry
     timings["scores_s"] = time.perf_counter() - t_scores
@@ -616,6 +719,25 @@ def _labelled_accuracy(model, sets: EvalSets, ls: LabelledSet, fs, head, adapter
     text = class_text_features(model, ls.classnames, opts.templates, opts.cache_dir, progress=opts.progress)
     which = "zero-shot" if adapter is None else "zero-shot (the adapter does not transfer to new class names)"
     return zero_shot_accuracy(fs.get("image"), text, labels), which
+
+
+def _per_image(id_fs: FeatureSet, ood_fs: dict[str, FeatureSet], sets: EvalSets, head, head_matrix):
+    """``paths/<set>`` (str), ``pred/<set>`` (the head's argmax class) for ID and each OOD set, and
+    ``labels/id``, over each set's readable images in the order of the raw scores (``<set>`` is
+    ``id`` or ``ood/<name>``); ``vlmood report`` reads them for its per-image failure view."""
+
+    def pred(key: str, fs: FeatureSet) -> np.ndarray:
+        if head.text_features is None:
+            return np.argmax(head_matrix(key, fs), axis=1).astype(np.int32)
+        return argmax_classes(fs.get("image"), head.text_features).astype(np.int32)
+
+    arrays: dict[str, np.ndarray] = {"labels/id": id_fs.valid_labels().astype(np.int32)}
+    for key, fs in [("id", id_fs)] + [(f"ood/{o.name}", ood_fs[o.name]) for o in sets.ood]:
+        arrays[f"paths/{key}"] = np.array(
+            [fs.source.samples[i].path for i in np.flatnonzero(fs.valid)], dtype=str
+        )
+        arrays[f"pred/{key}"] = pred(key, fs)
+    return arrays
 
 
 def _safe(label: str) -> str:

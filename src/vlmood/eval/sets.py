@@ -171,22 +171,18 @@ def sets_from_benchmark(
     names = list(id_src.classnames or [])
     if not names:
         raise DataError(f"{bench.origin}: the ID set has no class names (field 'id.classnames')")
-    ood = []
-    for key, src in r.items():
-        if key.startswith("ood/"):
-            _, group, name = key.split("/", 2)
-            ood.append(OODSet(name, src, group))
+    # the declared set specs give each resolved source its role, name and group (no key parsing)
+    resolved = [(spec, r[spec.key]) for spec in bench.sets() if spec.key in r]
+    ood = [OODSet(spec.name, src, spec.role) for spec, src in resolved if spec.role in ("near", "far")]
 
-    notes = {spec.key: getattr(spec, "note", None) for spec in bench.sets()}
-
-    def labelled(prefix: str, default_names: list[str] | None) -> list[LabelledSet]:
+    def labelled(role: str, default_names: list[str] | None) -> list[LabelledSet]:
         out = []
-        for key, src in r.items():
-            if key.startswith(prefix + "/"):
+        for spec, src in resolved:
+            if spec.role == role:
                 cls = list(src.classnames or default_names or [])
                 if not cls:
-                    raise DataError(f"{bench.origin}: set {key!r} has no class names")
-                out.append(LabelledSet(key.split("/", 1)[1], src, cls, notes.get(key)))
+                    raise DataError(f"{bench.origin}: set {spec.key!r} has no class names")
+                out.append(LabelledSet(spec.name, src, cls, getattr(spec, "note", None)))
         return out
 
     es = EvalSets(

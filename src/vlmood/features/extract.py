@@ -32,14 +32,13 @@ from vlmood.features.cache import (
     default_cache_root,
     image_cache_key,
 )
+from vlmood.features.options import DEFAULT_CHUNK, ExtractOptions  # noqa: F401  (DEFAULT_CHUNK re-exported)
 
 # text encoding lives in vlmood.features.text; re-exported here for existing imports
 from vlmood.features.text import class_text_features, encode_texts  # noqa: F401
 from vlmood.models.base import FEATURE_KINDS, VLM
 
 log = logging.getLogger(__name__)
-
-DEFAULT_CHUNK = 2048
 
 
 def default_num_workers() -> int:
@@ -218,14 +217,20 @@ def extract_features(
     source: ImageSource,
     kinds: Sequence[str] = ("image",),
     cache_root: str | os.PathLike | None = None,
-    batch_size: int = 64,
+    batch_size: int | None = None,
     num_workers: int | None = None,
-    chunk_size: int = DEFAULT_CHUNK,
-    skip_corrupt: bool = False,
-    fingerprint: str = "stat",
-    progress: bool = True,
+    chunk_size: int | None = None,
+    skip_corrupt: bool | None = None,
+    fingerprint: str | None = None,
+    progress: bool | None = None,
+    *,
+    options: ExtractOptions | None = None,
 ) -> FeatureSet:
     """Encode ``source`` with ``model`` for each of ``kinds``, reusing and filling the cache.
+
+    ``options``: how (:class:`~vlmood.features.options.ExtractOptions`: cache root, batch size,
+    workers, chunk size, corrupt-image policy, fingerprint, progress; default its defaults); a
+    keyword argument given here (not None) overrides that field.
 
     Returns a FeatureSet whose arrays are memory maps. Kinds: see ``vlmood.models.base``.
     Under torchrun every rank must call this; rank 0 writes the cache. Other ranks return the same
@@ -235,14 +240,25 @@ def extract_features(
     Entries are filled under per-entry inter-process locks (two processes on the same data and
     cache: one encodes, the other waits and reads); damaged chunks are recomputed.
     """
+    o = ExtractOptions.of(
+        options,
+        cache_root=cache_root,
+        batch_size=batch_size,
+        num_workers=num_workers,
+        chunk_size=chunk_size,
+        skip_corrupt=skip_corrupt,
+        fingerprint=fingerprint,
+        progress=progress,
+    )
+    skip_corrupt, chunk_size = o.skip_corrupt, o.chunk_size
     for k in kinds:
         if k not in FEATURE_KINDS:
             raise ValueError(f"unknown feature kind {k!r}; choose from {FEATURE_KINDS}")
     if len(source) == 0:
         raise ValueError(f"dataset {source.name!r} ({source.origin}) has no images")
-    root = Path(cache_root) if cache_root is not None else default_cache_root()
+    root = Path(o.cache_root) if o.cache_root is not None else default_cache_root()
     t0 = time.perf_counter()
-    fp = source.fingerprint(fingerprint) if D.is_main() else None
+    fp = source.fingerprint(o.fingerprint) if D.is_main() else None
     fp = D.broadcast_object(fp)
     model_key = model.identity.key_dict()
     meta = {
@@ -276,10 +292,10 @@ def extract_features(
                     entries,
                     todo,
                     chunk_size,
-                    batch_size,
-                    num_workers,
+                    o.batch_size,
+                    o.num_workers,
                     skip_corrupt,
-                    progress,
+                    o.progress,
                     first=attempt == 0,
                 )
                 timings["encode_s"] = time.perf_counter() - t1

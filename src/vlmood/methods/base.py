@@ -18,13 +18,13 @@ the image) or head logits (probes).
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import logging
 import os
-import platform
 import shutil
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
@@ -36,6 +36,8 @@ from torch.utils.data import Dataset
 from vlmood import distributed as D
 from vlmood.data.base import DataError, ImageSource
 from vlmood.errors import UsageError, VlmoodError
+from vlmood.eval.provenance import environment_info
+from vlmood.features.options import ExtractOptions
 from vlmood.registry import Registry
 from vlmood.train.engine import CHECKPOINT_NAME, TrainConfig
 from vlmood.utils import atomic_path, atomic_write_json, sha256_json
@@ -113,9 +115,13 @@ class TrainData:
     source: ImageSource | None = None
     split_file: str | None = None
     meta: dict[str, Any] = field(default_factory=dict)
-    cache_root: str | os.PathLike | None = None  # feature/text cache for what the method encodes
-    #: extract_features keyword arguments (workers, skip_corrupt, ...) for what the method encodes
-    extract_options: dict[str, Any] = field(default_factory=dict)
+    #: how what the method encodes itself is extracted (cache root, workers, skip_corrupt, ...: UEO)
+    extract: ExtractOptions = field(default_factory=ExtractOptions)
+
+    @property
+    def cache_root(self) -> str | os.PathLike | None:
+        """The feature/text cache for what the method encodes (``extract.cache_root``)."""
+        return self.extract.cache_root
 
     def __post_init__(self) -> None:
         self.labels = np.asarray(self.labels, dtype=np.int64)
@@ -419,20 +425,6 @@ class Adapter:
 
 
 # ---------------------------------------------------------------------------------------------- artifact IO
-def _versions() -> dict[str, str]:
-    import vlmood
-
-    out = {"python": platform.python_version(), "torch": torch.__version__}
-    out["vlmood"] = getattr(vlmood, "__version__", "")
-    try:
-        import open_clip
-
-        out["open_clip"] = open_clip.__version__
-    except Exception:  # pragma: no cover
-        pass
-    return out
-
-
 def save_adapter(
     out_dir: str | os.PathLike,
     method: Method,
@@ -477,7 +469,7 @@ def save_adapter(
         "weights_sha256": weights_sha,  # of the file (integrity, checked on load)
         "tensors_sha256": tensors_sha,  # of the tensors (identity: the file's header order varies)
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        "versions": _versions(),
+        "environment": environment_info(getattr(model, "device", None)),  # the record results carry
         **(extra or {}),
     }
     info["adapter_key"] = sha256_json(
@@ -708,29 +700,29 @@ def prepare_data(
     classnames: Sequence[str] | None = None,
     cache_root: str | os.PathLike | None = None,
     progress: bool = True,
-    extract_options: dict[str, Any] | None = None,
+    extract_options: ExtractOptions | Mapping[str, Any] | None = None,
 ) -> TrainData:
     """Turn an image source into :class:`TrainData`: few-shot sampling (split file written to
     ``out_dir/split.json`` by rank 0) or a given split file, then cached features of
     ``method.kinds`` (unless the method runs the image encoder itself). ``extract_options``:
-    keyword arguments of ``extract_features`` (batch_size, num_workers, skip_corrupt,
-    fingerprint); they also reach what a method that reads images encodes (UEO). With
-    ``skip_corrupt`` unreadable training images are dropped (and listed in ``meta``), for methods
-    that read images each step too."""
+    :class:`~vlmood.features.options.ExtractOptions` (or a dict of its fields; ``cache_root``
+    given here overrides its cache, ``progress=False`` its bars); they also reach what a method
+    that reads images encodes (UEO, through ``TrainData.extract``). With ``skip_corrupt``
+    unreadable training images are dropped (and listed in ``meta``), for methods that read images
+    each step too."""
     shots = check_shots(shots)
-    xo = dict(extract_options or {})
+    xo = ExtractOptions.of(extract_options, cache_root=cache_root, progress=False if not progress else None)
     if isinstance(data, TrainData):
         if shots or split_file:
             raise UsageError("shots/split_file apply to an image source, not to prepared TrainData")
-        if data.cache_root is None and cache_root is not None:
-            data = dataclasses.replace(data, cache_root=cache_root)
-        if not data.extract_options and xo:
-            data = dataclasses.replace(data, extract_options=xo)
-        return data
+        own = data.extract
+        x = xo if extract_options is not None and own == ExtractOptions() else own
+        x = x.replace(cache_root=cache_root) if x.cache_root is None else x
+        return data if x is own else dataclasses.replace(data, extract=x)
     if not isinstance(data, ImageSource):
         raise TypeError(f"training data must be an ImageSource or TrainData, not {type(data).__name__}")
     source = data
-    source_fp = source.fingerprint(xo.get("fingerprint", "stat"))  # identity of the data drawn from
+    source_fp = source.fingerprint(xo.fingerprint)  # identity of the data drawn from
     names = list(classnames or source.classnames or [])
     if not names:
         raise DataError(f"dataset {source.name!r} has no class names; pass classnames")
@@ -758,13 +750,11 @@ def prepare_data(
     features: dict[str, np.ndarray] = {}
     kinds = tuple(method.kinds)
     skipped: list = []
-    encode = kinds and (
-        not method.needs_images or method.images_need_features or bool(xo.get("skip_corrupt"))
-    )
+    encode = kinds and (not method.needs_images or method.images_need_features or xo.skip_corrupt)
     if encode:
         from vlmood.features.extract import extract_features
 
-        fs = extract_features(model, source, kinds, cache_root=cache_root, progress=progress, **xo)
+        fs = extract_features(model, source, kinds, options=xo)
         valid, skipped = np.asarray(fs.valid), list(fs.skipped) if not fs.valid.all() else []
         if D.is_initialized() and D.world_size() > 1:  # rank 0 read the entry: its view holds for all
             valid, skipped = D.broadcast_object((valid, skipped) if D.is_main() else None)
@@ -789,8 +779,7 @@ def prepare_data(
             "source_fingerprint": source_fp,
             **({"skipped": skipped} if skipped else {}),
         },
-        cache_root=cache_root,
-        extract_options=xo,
+        extract=xo,
     )
 
 
@@ -810,9 +799,16 @@ def fit_method(
     device: str | torch.device | None = None,
     progress: bool = True,
     resume: bool = False,
-    extract_options: dict[str, Any] | None = None,
+    extract_options: ExtractOptions | Mapping[str, Any] | None = None,
+    reuse: bool = False,
 ) -> Path:
     """Train method ``name`` and write its adapter artifact to ``out_dir``; returns ``out_dir``.
+
+    adapter.json carries ``fit_identity`` (:func:`fit_identity`: method, parameters, training
+    settings, shots, seed, class names, training data and base model, with one key). With
+    ``reuse=True`` an ``out_dir`` holding an adapter of the same identity is returned without any
+    work, one of another identity is refused (the message lists what differs), and a killed
+    training (a checkpoint, no adapter yet) resumes.
 
     ``cfg`` defaults to the method's paper settings (``create_method(name).default_config()``);
     ``seed`` defaults to ``cfg.seed`` and drives the few-shot sampling. The engine's checkpoint,
@@ -826,13 +822,22 @@ def fit_method(
     """
     method = create_method(name, **(params or {}))
     cfg = cfg if cfg is not None else method.default_config()
+    extract_options = ExtractOptions.of(extract_options, cache_root=cache_root)
     out = check_out_dir(out_dir)
     shots = check_shots(shots)
     _check_run(cfg, model)  # settings, batch / world size, precision: before any work
+    ident = fit_identity(
+        method, cfg, model, data, shots, cfg.seed if seed is None else seed, classnames, extract_options
+    )
+    checkpoint = out / "train" / CHECKPOINT_NAME
+    if reuse:
+        if D.broadcast_object(_same_adapter(out, ident) if D.is_main() else None):
+            log.info("%s: reusing the adapter trained with the same settings", out)
+            return out
+        resume = resume or D.broadcast_object(checkpoint.is_file() if D.is_main() else None)
     created = D.is_main() and not out.exists()
     if D.is_main():
         out.mkdir(parents=True, exist_ok=True)
-    checkpoint = out / "train" / CHECKPOINT_NAME
     if resume and not D.broadcast_object(checkpoint.exists() if D.is_main() else None):
         log.info("%s holds no checkpoint yet (stopped before the first epoch ended): starting afresh", out)
         resume = False
@@ -852,6 +857,7 @@ def fit_method(
             extract_options,
             device,
             resume,
+            ident,
         )
     except BaseException:
         # a run that stopped before its first checkpoint leaves nothing (a rerun starts afresh);
@@ -876,6 +882,7 @@ def _fit_into(
     extract_options,
     device,
     resume,
+    ident,
 ) -> Path:
     """fit_method's work once the inputs are checked and ``out`` exists."""
     seed = cfg.seed if seed is None else seed
@@ -901,10 +908,95 @@ def _fit_into(
             td.classnames,
             td.split_file,
             metrics,
-            extra={"data": td.meta, "run": run},
+            extra={"data": td.meta, "run": run, "fit_identity": ident},
         )
     D.barrier()
     return out
+
+
+#: training settings that change how a run goes or logs, not what it computes
+RUN_ONLY_SETTINGS = ("num_workers", "log_every", "tensorboard")
+
+
+def _data_fingerprint(data: TrainData | ImageSource, extract_options: Any) -> str:
+    mode = getattr(extract_options, "fingerprint", None)
+    if mode is None and isinstance(extract_options, dict):
+        mode = extract_options.get("fingerprint")
+    source = data if isinstance(data, ImageSource) else data.source
+    if source is not None:
+        return source.fingerprint(mode or "stat")
+    h = hashlib.sha256(np.ascontiguousarray(data.labels).tobytes())
+    for kind in sorted(data.features):
+        h.update(kind.encode())
+        h.update(np.ascontiguousarray(data.features[kind]).tobytes())
+    return h.hexdigest()
+
+
+def fit_identity(
+    method: Method,
+    cfg: TrainConfig,
+    model,
+    data: TrainData | ImageSource,
+    shots: int | None,
+    seed: int,
+    classnames: Sequence[str] | None,
+    extract_options: Any = None,
+) -> dict[str, Any]:
+    """What decides a trained adapter, and its key (``sha256_json`` of the rest): the method and
+    its parameters, the training settings as asked (run-only ones such as workers and logging
+    left out), shots, seed, class names, the training data's fingerprint and the base model."""
+    train = {k: v for k, v in dataclasses.asdict(cfg).items() if k not in RUN_ONLY_SETTINGS}
+    train["seed"] = seed
+    names = classnames if classnames is not None else getattr(data, "classnames", None)
+    ident = json.loads(
+        json.dumps(
+            {
+                "method": method.name,
+                "params": dataclasses.asdict(method.params),
+                "train": train,
+                "shots": shots,
+                "classnames": sha256_json(list(names or [])),
+                "data": _data_fingerprint(data, extract_options),
+                "base_model": model.identity.key,
+            },
+            default=str,
+        )
+    )
+    return {"key": sha256_json(ident), **ident}
+
+
+def _same_adapter(out: Path, ident: dict[str, Any]) -> bool:
+    """True when ``out`` holds an adapter of identity ``ident``; False when it holds none; an
+    adapter of another identity is refused with what differs (UsageError)."""
+    if not (out / "adapter.json").is_file():
+        return False
+    have = read_adapter_info(out).get("fit_identity")
+    if have is None:
+        raise UsageError(
+            f"{out} holds an adapter written without a fit identity (an older vlmood); delete that folder "
+            "to train it again, or use another --out"
+        )
+    if have.get("key") == ident["key"]:
+        return True
+    diff = []
+    for k, w in ident.items():
+        h = have.get(k)
+        if k == "key" or h == w:
+            continue
+        if isinstance(h, dict) and isinstance(w, dict):
+            diff += [
+                f"{k}.{s}: {h.get(s)!r} -> {w.get(s)!r}"
+                for s in sorted(set(h) | set(w))
+                if h.get(s) != w.get(s)
+            ]
+        else:
+            diff.append(
+                f"{k}: {h!r} -> {w!r}" if k not in ("data", "classnames", "base_model") else f"{k} differs"
+            )
+    raise UsageError(
+        f"{out} holds an adapter trained with other settings than asked ({'; '.join(diff)}); "
+        "use another --out or delete that folder"
+    )
 
 
 def run_engine(

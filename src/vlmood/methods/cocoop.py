@@ -161,7 +161,7 @@ class CoCoOpAdapter(Adapter):
                 img = torch.from_numpy(np.array(image_features[s : s + batch], dtype=np.float32)).to(dev)
                 chunk = auto_chunk(img.shape[0] * k, self.text_chunk)
                 text = self.module.conditional_text_features(img, chunk, use_checkpoint=False)
-                out[s : s + len(img)] = torch.einsum("bd,bkd->bk", img, text).cpu().numpy()
+                out[s : s + len(img)] = cocoop_logits(img, text, 1.0).cpu().numpy()  # unscaled
         return out
 
     def text_features_for(self, image_features: np.ndarray) -> np.ndarray:

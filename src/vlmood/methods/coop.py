@@ -37,6 +37,7 @@ from vlmood.methods.base import (
     train_transform,
 )
 from vlmood.methods.prompt import POSITIONS, PromptLearner, auto_chunk
+from vlmood.scores._torch import class_logits
 from vlmood.train.engine import TrainConfig
 
 log = logging.getLogger(__name__)
@@ -44,7 +45,7 @@ log = logging.getLogger(__name__)
 
 def coop_loss(image: torch.Tensor, text: torch.Tensor, labels: torch.Tensor, scale: float) -> torch.Tensor:
     """Cross-entropy of ``scale * image @ text.T`` (both normalised) against ``labels``."""
-    return F.cross_entropy(scale * image @ text.t(), labels)
+    return F.cross_entropy(class_logits(image, text, scale), labels)
 
 
 def resolve_config(cfg: TrainConfig, n: int) -> TrainConfig:

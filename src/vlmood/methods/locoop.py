@@ -20,6 +20,7 @@ from vlmood.errors import UsageError
 from vlmood.methods.base import register_method
 from vlmood.methods.coop import CoOpParams, PromptAdapter, PromptMethodBase, coop_loss
 from vlmood.methods.prompt import auto_chunk
+from vlmood.scores._torch import class_logits, entropy
 
 
 def locoop_entropy_term(local_logits: torch.Tensor, labels: torch.Tensor, top_k: int) -> torch.Tensor:
@@ -33,7 +34,7 @@ def locoop_entropy_term(local_logits: torch.Tensor, labels: torch.Tensor, top_k:
     sel = probs[keep]
     if sel.shape[0] == 0:
         return local_logits.sum() * 0.0
-    return -(sel * torch.log(sel + 1e-5)).sum(dim=1).mean()
+    return entropy(sel).mean()
 
 
 def locoop_loss(
@@ -47,7 +48,7 @@ def locoop_loss(
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(total, CE, H_ood): total = CE - lam * H_ood."""
     ce = coop_loss(image, text, labels, scale)
-    local = scale * patch @ text.t()
+    local = class_logits(patch, text, scale)
     h = locoop_entropy_term(local, labels, top_k)
     return ce - lam * h, ce, h
 

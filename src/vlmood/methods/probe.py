@@ -33,20 +33,16 @@ from vlmood.methods.base import (
     run_engine,
 )
 from vlmood.methods.coop import resolve_config
+from vlmood.scores._math import argmax_classes
+from vlmood.scores.softmax import energy, l1_norm, max_softmax
 from vlmood.train.engine import TrainConfig
 
 
 def probe_scores(logits: np.ndarray) -> dict[str, np.ndarray]:
     """PLP's OOD scores on head logits (T = 1), all ID-high: ``msp`` (max softmax), ``energy``
     (logsumexp) and ``l1`` (L1 norm of the min-shifted logits)."""
-    z = np.asarray(logits, dtype=np.float64)
-    m = z.max(axis=1, keepdims=True)
-    lse = m[:, 0] + np.log(np.exp(z - m).sum(axis=1))
-    return {
-        "msp": np.exp(m[:, 0] - lse).astype(np.float32),
-        "energy": lse.astype(np.float32),
-        "l1": np.abs(z - z.min(axis=1, keepdims=True)).sum(axis=1).astype(np.float32),
-    }
+    fns = {"msp": max_softmax, "energy": energy, "l1": l1_norm}  # the registered scores' math
+    return {k: f(logits).astype(np.float32) for k, f in fns.items()}
 
 
 def feature_stats(x: np.ndarray, chunk: int = 65536) -> tuple[np.ndarray, np.ndarray]:
@@ -200,15 +196,9 @@ def pseudo_label_text(model, classnames, templates, cache_root=None) -> np.ndarr
     return class_text_features(model, list(classnames), list(templates), cache_root=cache_root)
 
 
-def pseudo_labels(image: np.ndarray, text: np.ndarray, chunk: int = 65536) -> np.ndarray:
+def pseudo_labels(image: np.ndarray, text: np.ndarray) -> np.ndarray:
     """argmax over classes of ``image @ text.T`` (the logit scale does not change the argmax)."""
-    t = np.asarray(text, dtype=np.float32)
-    return np.concatenate(
-        [
-            (np.asarray(image[i : i + chunk], dtype=np.float32) @ t.T).argmax(1)
-            for i in range(0, len(image), chunk)
-        ]
-    ).astype(np.int64)
+    return argmax_classes(image, text)
 
 
 class ProbeAdapter(Adapter):

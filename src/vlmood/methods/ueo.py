@@ -47,14 +47,12 @@ from vlmood.methods.base import (
 )
 from vlmood.methods.coop import PromptAdapter
 from vlmood.methods.prompt import EvalModeModule, PromptLearner, auto_chunk
+from vlmood.scores._math import map_cosines
+from vlmood.scores._torch import class_logits, entropy
+from vlmood.scores.softmax import max_softmax
 from vlmood.train.engine import TrainConfig
 
 NORM_TYPES: tuple[type[nn.Module], ...] = (nn.LayerNorm, nn.modules.batchnorm._BatchNorm, nn.GroupNorm)
-
-
-def entropy(p: torch.Tensor) -> torch.Tensor:
-    """``-sum p log(p + 1e-5)`` over the last dimension (UEO's convention)."""
-    return -(p * torch.log(p + 1e-5)).sum(dim=-1)
 
 
 def ueo_loss(
@@ -95,14 +93,10 @@ class UEOModule(EvalModeModule):
         return image, self.prompt(chunk)
 
 
-def mcm_weights(image: np.ndarray, text: np.ndarray, chunk: int = 65536) -> np.ndarray:
-    """Zero-shot MCM (T = 1): max softmax over classes of raw cosines, per image."""
-    t = torch.from_numpy(np.asarray(text, dtype=np.float32))
-    out = []
-    for i in range(0, len(image), chunk):
-        z = torch.from_numpy(np.array(image[i : i + chunk], dtype=np.float32)) @ t.T
-        out.append(F.softmax(z, dim=1).max(dim=1).values.numpy())
-    return np.concatenate(out)
+def mcm_weights(image: np.ndarray, text: np.ndarray) -> np.ndarray:
+    """Zero-shot MCM (T = 1): max softmax over classes of raw cosines, per image (float32 [N])."""
+    text_t = np.ascontiguousarray(np.asarray(text, dtype=np.float32).T)
+    return map_cosines(image, text_t, max_softmax).astype(np.float32)
 
 
 @dataclass
@@ -151,9 +145,8 @@ class UEO(Method):
         if "image" in data.features:
             img = data.features["image"]
         else:
-            xo = {k: v for k, v in data.extract_options.items() if k not in ("progress", "cache_root")}
             fs = extract_features(
-                model, data.source, ("image",), cache_root=data.cache_root, progress=False, **xo
+                model, data.source, ("image",), options=data.extract.replace(progress=False)
             )
             if not fs.valid.all():
                 raise DataError(
@@ -185,7 +178,7 @@ class UEO(Method):
 
         def loss_fn(module, batch):
             f, text = module(batch["pixels"], chunk)
-            probs = F.softmax(scale * f @ text.t(), dim=1)
+            probs = F.softmax(class_logits(f, text, scale), dim=1)
             loss, cond, marg = ueo_loss(probs, w.to(probs.device)[batch["index"]], trade)
             return loss, {"cond_entropy": float(cond.detach()), "marg_entropy": float(marg.detach())}
 
@@ -284,10 +277,10 @@ def ueo_metrics(cosines: np.ndarray, labels: np.ndarray) -> dict[str, float]:
     NaN when one side is empty."""
     from vlmood.metrics import auroc
 
-    z = torch.from_numpy(np.asarray(cosines, dtype=np.float32))
+    z = np.asarray(cosines, dtype=np.float32)
     labels = np.asarray(labels, dtype=np.int64)
-    pred = z.argmax(1).numpy()
-    mcm = F.softmax(z, dim=1).max(1).values.numpy()
+    pred = z.argmax(1)
+    mcm = max_softmax(z)
     known = labels >= 0
     out = {"gacc": float("nan"), "pacc": float("nan"), "auroc": float("nan")}
     if known.any():

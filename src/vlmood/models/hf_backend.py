@@ -55,7 +55,7 @@ def import_transformers():
         import transformers
     except ImportError as e:  # pragma: no cover - depends on the environment
         raise ModelLoadError(
-            "the 'hf:' backend needs Hugging Face transformers: pip install 'vlmood[hf]'"
+            "the 'hf:' backend needs Hugging Face transformers (a vlmood dependency): pip install transformers"
         ) from e
     return transformers
 

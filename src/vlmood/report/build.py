@@ -1,4 +1,5 @@
-"""``write_report``: results.json file(s) -> index.html + report.md + figures/*.png, written atomically."""
+"""``write_report``: results.json file(s) or study folders -> index.html + report.md + figures/*.png +
+thumbs/*.jpg (per-image failure view) + tables/*.csv|tex, written atomically."""
 
 from __future__ import annotations
 
@@ -14,15 +15,26 @@ from typing import Any
 
 import numpy as np
 
+from vlmood.report import export as X
 from vlmood.report import figures as F
-from vlmood.report.html import Fig, RunSection, render_page
+from vlmood.report.failures import THUMB_DIR, Thumbnails, class_accuracy, fpr95_threshold, score_failures
+from vlmood.report.html import Fig, ReportPage, RunSection, render_page
 from vlmood.report.load import RawScores, ReportError, Run, load_runs, slug
 from vlmood.report.markdown import render_markdown
-from vlmood.report.tables import accuracy_table, bar_values, comparison_table, metric_table, provenance
+from vlmood.report.tables import (
+    Table,
+    accuracy_table,
+    bar_values,
+    class_accuracy_table,
+    metric_table,
+    provenance,
+    summary_table,
+)
 
 log = logging.getLogger(__name__)
 
 FIG_DIR = "figures"
+FOLDERS = (FIG_DIR, THUMB_DIR, X.TABLE_DIR)  # each replaced as a whole on a rewrite
 
 
 def _png_size(path: Path) -> tuple[int, int]:
@@ -74,6 +86,7 @@ def _run_figures(run: Run, index: int, fig_dir: Path, score_colours: dict[str, i
     if missing:
         run.notes.append(f"figures leave out score(s) without raw scores: {', '.join(missing)}")
     stem = f"run{index + 1}-{slug(run.label)}"
+    thresholds = {label: t for label, r in raw.items() if (t := fpr95_threshold(r.id)) is not None}
     out: list[Fig] = []
     jobs = (
         (
@@ -83,8 +96,9 @@ def _run_figures(run: Run, index: int, fig_dir: Path, score_colours: dict[str, i
         ),
         (
             "hist",
-            lambda p: F.plot_histograms(raw, run.ood_sets, p),
-            "Score distributions (higher = more ID): ID vs each OOD set, density-normalised",
+            lambda p: F.plot_histograms(raw, run.ood_sets, p, thresholds=thresholds),
+            "Score distributions (higher = more ID): ID vs each OOD set, density-normalised; "
+            "dashed: the FPR95 threshold (95% of ID at or above)",
         ),
     )
     for kind, fn, caption in jobs:
@@ -100,22 +114,56 @@ def _run_figures(run: Run, index: int, fig_dir: Path, score_colours: dict[str, i
     return out
 
 
+def _run_failures(run: Run, thumbs: Thumbnails) -> tuple[list, str]:
+    """Failure views of every score with per-image paths, and a note when some or all lack them."""
+    out, without = [], []
+    for label in run.scores:
+        raw = run.raw(label)
+        if raw is None:
+            continue
+        f = score_failures(run, label, raw, thumbs)
+        if f is None:
+            without.append(label)
+        else:
+            out.append(f)
+    note = ""
+    if without:
+        note = (
+            f"no per-image view for {', '.join(without)}: the raw scores carry no image paths "
+            "(written by an older vlmood; run `vlmood eval` again for them)"
+        )
+    return out, note
+
+
 def _default_title(runs: list[Run]) -> str:
     benches = {str(r.results.get("benchmark")) for r in runs if r.results.get("benchmark")}
     return f"vlmood report: {benches.pop()}" if len(benches) == 1 else "vlmood report"
 
 
+def _write_exports(folder: Path, tables: list[Table], labels: list[str], prov: list) -> list[str]:
+    folder.mkdir(parents=True, exist_ok=True)
+    for t in tables:
+        (folder / f"{t.id}.csv").write_text(X.table_csv(t), encoding="utf-8")
+        (folder / f"{t.id}.tex").write_text(X.table_latex(t), encoding="utf-8")
+    headers = ["field", *labels]
+    rows = [[name] + [rows[i][1] for rows in prov] for i, (name, _, _) in enumerate(prov[0])]
+    (folder / "runs-table.csv").write_text(X.text_table_csv(headers, rows), encoding="utf-8")
+    (folder / "runs-table.tex").write_text(X.text_table_latex(headers, rows, "Runs"), encoding="utf-8")
+    return sorted(p.name for p in folder.iterdir())
+
+
 def _commit(stage: Path, out: Path) -> None:
-    """Move the staged report into ``out``: figures/ swapped as a folder, then report.md, index.html last."""
-    old = None
-    target = out / FIG_DIR
-    if target.exists():
-        old = Path(tempfile.mkdtemp(prefix=".figures-old-", dir=out))
-        os.replace(target, old / FIG_DIR)
-    os.replace(stage / FIG_DIR, target)
-    os.replace(stage / "report.md", out / "report.md")
-    os.replace(stage / "index.html", out / "index.html")
-    if old is not None:
+    """Move the staged report into ``out``: each folder swapped whole, then report.md, index.html last."""
+    old = Path(tempfile.mkdtemp(prefix=".report-old-", dir=out))
+    try:
+        for name in FOLDERS:
+            target = out / name
+            if target.exists():
+                os.replace(target, old / name)
+            os.replace(stage / name, target)
+        os.replace(stage / "report.md", out / "report.md")
+        os.replace(stage / "index.html", out / "index.html")
+    finally:
         shutil.rmtree(old, ignore_errors=True)
 
 
@@ -124,14 +172,19 @@ def write_report(
     out_dir: str | os.PathLike,
     title: str | None = None,
 ) -> dict[str, Any]:
-    """Write ``index.html``, ``report.md`` and ``figures/*.png`` under ``out_dir`` for one or more runs.
+    """Write ``index.html``, ``report.md``, ``figures/*.png``, ``thumbs/*`` and ``tables/*.csv|.tex``
+    under ``out_dir`` for one or more runs.
 
-    Each entry of ``results_paths`` is a ``results.json`` (schema ``vlmood.results/1``) or a folder
-    holding one. Raw scores (``scores/<label>.npz`` beside it) feed the ROC and histogram figures;
-    without them the tables are still written, with a note. Raises :class:`ReportError` (a
-    ``ValueError``) naming the file for a missing path, invalid JSON or another schema version.
+    Each entry of ``results_paths`` is a ``results.json`` (schema ``vlmood.results/1``), a folder
+    holding one, or a ``vlmood study`` folder (all its runs). Raw scores (``scores/<label>.npz``
+    beside it) feed the ROC and histogram figures and, when they carry image paths, the per-image
+    failure view (thumbnails of the images a score gets wrong at its FPR95 threshold) and the
+    per-class accuracy; without them the tables are still written, with a note. Raises
+    :class:`ReportError` (a ``ValueError``) naming the file for a missing path, invalid JSON or
+    another schema version.
 
-    Returns a summary: paths of the page, the Markdown file and the figures, the run labels, notes.
+    Returns a summary: paths of the page, the Markdown file, the figures and the exported tables,
+    the run labels, notes.
     """
     runs = load_runs(results_paths)  # every input is checked before anything is written
     out = Path(out_dir).expanduser()
@@ -143,6 +196,8 @@ def write_report(
     try:
         fig_dir = stage / FIG_DIR
         fig_dir.mkdir()
+        (stage / THUMB_DIR).mkdir()
+        thumbs = Thumbnails(stage / THUMB_DIR)
         all_scores: list[str] = []
         for r in runs:
             all_scores.extend(s for s in r.scores if s not in all_scores)
@@ -151,6 +206,7 @@ def write_report(
         sections = []
         for i, r in enumerate(runs):
             figs = _run_figures(r, i, fig_dir, score_colours)
+            fails, fail_note = _run_failures(r, thumbs)
             sections.append(
                 RunSection(
                     anchor=f"run-{i + 1}",
@@ -158,6 +214,8 @@ def write_report(
                     table=metric_table(r, i),
                     figures=figs,
                     notes=r.notes,
+                    failures=fails,
+                    failure_note=fail_note,
                 )
             )
         global_notes: list[str] = []
@@ -173,8 +231,9 @@ def write_report(
             except Exception as e:
                 log.warning("report: bar chart failed: %s", e)
                 global_notes.append(f"bar chart could not be drawn: {e}")
-        comparison = comparison_table(runs) if len(runs) > 1 else None
+        summary = summary_table(runs)
         accuracy = accuracy_table(runs)
+        per_class = class_accuracy_table(runs, [class_accuracy(r) for r in runs])
         prov = [provenance(r) for r in runs]
         labels = [r.label for r in runs]
         now = time.strftime("%Y-%m-%d %H:%M")
@@ -185,15 +244,25 @@ def write_report(
             footer = f"vlmood {version('vlmood')} · {now}"
         except Exception:
             footer = f"vlmood · {now}"
-        page = render_page(
-            title, subtitle, labels, prov, accuracy, comparison, bars, sections, global_notes, footer
+        page = ReportPage(
+            title=title,
+            subtitle=subtitle,
+            run_labels=labels,
+            prov_rows=prov,
+            summary=summary,
+            accuracy=accuracy,
+            class_accuracy=per_class,
+            bars=bars,
+            runs=sections,
+            notes=global_notes,
+            footer=footer,
         )
-        mdtext = render_markdown(
-            title, subtitle, labels, prov, accuracy, comparison, bars, sections, global_notes
-        )
-        (stage / "index.html").write_text(page, encoding="utf-8")
-        (stage / "report.md").write_text(mdtext, encoding="utf-8")
+        tables = [summary, accuracy, *([per_class] if per_class else []), *(s.table for s in sections)]
+        table_names = _write_exports(stage / X.TABLE_DIR, tables, labels, prov)
+        (stage / "index.html").write_text(render_page(page), encoding="utf-8")
+        (stage / "report.md").write_text(render_markdown(page), encoding="utf-8")
         fig_names = sorted(p.name for p in fig_dir.iterdir())
+        n_thumbs = sum(1 for _ in (stage / THUMB_DIR).iterdir())
         _commit(stage, out)
     finally:
         with contextlib.suppress(OSError):
@@ -202,6 +271,8 @@ def write_report(
         "index": str(out / "index.html"),
         "markdown": str(out / "report.md"),
         "figures": [str(out / FIG_DIR / n) for n in fig_names],
+        "tables": [str(out / X.TABLE_DIR / n) for n in table_names],
+        "thumbnails": n_thumbs,
         "runs": [{"label": r.label, "results": str(r.path), "notes": list(r.notes)} for r in runs],
         "notes": global_notes,
     }

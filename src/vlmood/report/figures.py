@@ -18,6 +18,8 @@ from vlmood.report.load import RawScores
 # Okabe & Ito (2008), "Color Universal Design"; yellow (low contrast on white) last.
 PALETTE = ("#0072B2", "#E69F00", "#009E73", "#D55E00", "#CC79A7", "#56B4E9", "#000000", "#F0E442")
 ID_COLOUR = "#3B3B3B"
+THRESHOLD_COLOUR = "#B42318"
+THRESHOLD_KEY = "FPR95 threshold"
 LINESTYLES = ("-", "--", "-.", ":")
 DPI = 150
 
@@ -186,8 +188,10 @@ def plot_histograms(
     path: Path,
     title: str | None = None,
     bins: int = 60,
+    thresholds: dict[str, float] | None = None,
 ) -> None:
-    """One panel per score: density histograms of ID scores and of each OOD set's scores."""
+    """One panel per score: density histograms of ID scores and of each OOD set's scores, with a
+    dashed line at the score's FPR95 threshold (``thresholds[label]``: 95% of ID at or above it)."""
     from matplotlib.ticker import MaxNLocator
 
     labels = list(raw)
@@ -230,6 +234,12 @@ def plot_histograms(
                     fill = ax.stairs(dens, edges, fill=True, color=c, alpha=0.18 if n != "ID" else 0.25, lw=0)
                     line = ax.stairs(dens, edges, color=c, lw=1.3)
                     handles.setdefault(n, (fill, line))
+                thr = (thresholds or {}).get(label)
+                if thr is not None and np.isfinite(thr):
+                    ax.axvline(thr, color=THRESHOLD_COLOUR, ls="--", lw=1.2, zorder=5)
+                    if not lo <= thr <= hi:  # keep the line in view
+                        ax.set_xlim(min(lo, thr), max(hi, thr))
+                    handles.setdefault(THRESHOLD_KEY, ax.lines[-1])
             ax.set_title(short(label))
             ax.xaxis.set_major_locator(MaxNLocator(nbins=4))
             ax.set_xlabel("ID score")
@@ -240,7 +250,7 @@ def plot_histograms(
         if handles:
             fig.legend(
                 list(handles.values()),
-                [f"{n}" if n == "ID" else f"OOD: {n}" for n in handles],
+                [n if n in ("ID", THRESHOLD_KEY) else f"OOD: {n}" for n in handles],
                 loc="outside upper center",
                 ncols=min(len(handles), 5),
             )

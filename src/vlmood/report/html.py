@@ -8,6 +8,8 @@ from __future__ import annotations
 import html
 from dataclasses import dataclass, field
 
+from vlmood.report.export import TABLE_DIR
+from vlmood.report.failures import ScoreFailures, Thumb
 from vlmood.report.tables import Table
 
 CSS = """
@@ -86,6 +88,25 @@ figure img { max-width: 100%; padding: .4rem; height: auto; border: 1px solid va
 figure figcaption { font-size: .84rem; color: var(--muted); margin-top: .3rem; }
 figure.broken::after { content: "figure failed to load"; display: block; color: #b42318; font-weight: 600; }
 .figs { display: grid; grid-template-columns: 1fr; gap: .3rem; }
+th[data-col] { cursor: pointer; user-select: none; }
+th[data-col]:hover { color: var(--accent); }
+th[data-sort="asc"]::after { content: " ▲"; font-size: .7em; }
+th[data-sort="desc"]::after { content: " ▼"; font-size: .7em; }
+table#summary tbody th { white-space: normal; overflow-wrap: anywhere; max-width: 20rem; min-width: 6rem; }
+.exports { font-size: .78rem; color: var(--muted); margin: .35rem 0 0; }
+.exports a { color: var(--accent); }
+details.fold { margin: .6rem 0; }
+details.fold > summary { font-size: .9rem; margin-bottom: .4rem; }
+.fail h4 { margin: .9rem 0 .3rem; font-size: .92rem; font-weight: 620; }
+.fail .row { display: flex; align-items: flex-start; gap: .7rem; margin: .25rem 0 .5rem; flex-wrap: wrap; }
+.fail .what { width: 13rem; font-size: .8rem; color: var(--muted); flex: none; }
+.thumbs { display: flex; flex-wrap: wrap; gap: .45rem; flex: 1; min-width: 0; }
+.thumb { width: 92px; margin: 0; text-align: center; }
+.thumb img { width: 64px; height: 64px; object-fit: contain; background: #fff; border: 1px solid var(--line);
+  border-radius: 5px; display: block; margin: 0 auto; }
+.thumb.missing img { opacity: .7; }
+.thumb figcaption { font-size: .68rem; line-height: 1.2; color: var(--muted); margin-top: .15rem;
+  overflow-wrap: anywhere; max-height: 3.7em; overflow: hidden; }
 footer { color: var(--muted); font-size: .8rem; margin-top: 2rem; text-align: center; }
 @media (max-width: 900px) {
   nav.toc { position: static; width: auto; bottom: auto; }
@@ -97,8 +118,9 @@ footer { color: var(--muted); font-size: .8rem; margin-top: 2rem; text-align: ce
 }
 """
 
-# Marks each image loaded / broken once the page has loaded (shows a message on a broken figure);
-# the page-level summary (data-images="loaded/total") is what the browser test reads.
+# On load: marks each image loaded / broken (a message on a broken figure) and each table wrapper
+# that scrolls sideways; the page-level data-images="loaded/total" is what the browser test reads.
+# A click on a column heading sorts the table's rows by it (numbers by data-value, missing last).
 SCRIPT = """
 window.addEventListener("load", function () {
   var imgs = document.images, ok = 0;
@@ -108,6 +130,41 @@ window.addEventListener("load", function () {
     if (good) { ok++; } else if (imgs[i].closest("figure")) { imgs[i].closest("figure").classList.add("broken"); }
   }
   document.documentElement.setAttribute("data-images", ok + "/" + imgs.length);
+  var wraps = document.querySelectorAll(".table-wrap");
+  for (var j = 0; j < wraps.length; j++) {
+    var w = wraps[j];
+    if (w.clientWidth > 0) { w.setAttribute("data-hscroll", w.scrollWidth > w.clientWidth + 1 ? "1" : "0"); }
+  }
+  var de = document.documentElement;
+  de.setAttribute("data-page-hscroll", de.scrollWidth > de.clientWidth + 1 ? "1" : "0");
+});
+function vlmoodSort(th) {
+  var table = th.closest("table"), col = +th.getAttribute("data-col");
+  var dir = th.getAttribute("data-sort") === "asc" ? "desc" : "asc";
+  var heads = table.querySelectorAll("th[data-sort]");
+  for (var i = 0; i < heads.length; i++) { heads[i].removeAttribute("data-sort"); }
+  th.setAttribute("data-sort", dir);
+  var body = table.tBodies[0], rows = Array.prototype.slice.call(body.rows);
+  function key(r) {
+    var c = r.cells[col];
+    if (!c) { return null; }
+    var v = c.getAttribute("data-value");
+    if (v !== null) { return parseFloat(v); }
+    var t = c.textContent.trim();
+    return t === "" || t === "\u2013" ? null : t;
+  }
+  rows.sort(function (a, b) {
+    var x = key(a), y = key(b);
+    if (x === null || y === null) { return x === y ? 0 : (x === null ? 1 : -1); }
+    var c = (typeof x === "number" && typeof y === "number") ? x - y
+      : String(x).localeCompare(String(y), undefined, {numeric: true});
+    return dir === "asc" ? c : -c;
+  });
+  for (var k = 0; k < rows.length; k++) { rows[k].classList.remove("run-start"); body.appendChild(rows[k]); }
+}
+document.addEventListener("click", function (e) {
+  var th = e.target.closest ? e.target.closest("th[data-col]") : null;
+  if (th) { vlmoodSort(th); }
 });
 """
 
@@ -134,27 +191,63 @@ class RunSection:
     table: Table
     figures: list[Fig] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    failures: list[ScoreFailures] = field(default_factory=list)
+    failure_note: str = ""
+
+
+@dataclass
+class ReportPage:
+    """Everything the HTML and Markdown writers show, in page order."""
+
+    title: str
+    subtitle: str
+    run_labels: list[str]
+    prov_rows: list[list[tuple[str, str, str]]]
+    summary: Table
+    accuracy: Table
+    class_accuracy: Table | None
+    bars: Fig | None
+    runs: list[RunSection]
+    notes: list[str]
+    footer: str = ""
+
+
+def exports(table_id: str) -> str:
+    base = f"{TABLE_DIR}/{esc(table_id)}"
+    return (
+        f'<p class="exports">export: <a href="{base}.csv" download>CSV</a> · '
+        f'<a href="{base}.tex" download>LaTeX</a></p>'
+    )
 
 
 def render_table(t: Table) -> str:
+    """A table with sortable columns (click a heading), exact values in ``data-value``."""
     out = [f'<div class="table-wrap"><table id="{esc(t.id)}" class="metrics">']
     out.append("<thead>")
     nh = len(t.row_heads)
+    starts = _group_starts(t)
     if t.groups:
         out.append("<tr>")
-        out.extend(f'<th class="rowhead" rowspan="2">{esc(h)}</th>' for h in t.row_heads)
+        out.extend(
+            f'<th class="rowhead" rowspan="2" data-col="{i}" title="sort">{esc(h)}</th>'
+            for i, h in enumerate(t.row_heads)
+        )
         out.extend(f'<th class="group" colspan="{span}">{esc(g)}</th>' for g, span in t.groups)
         out.append('</tr><tr class="sub">')
-        starts = _group_starts(t)
-        out.extend(f"<th{GSTART if j in starts else ''}>{esc(c)}</th>" for j, c in enumerate(t.columns))
+        out.extend(
+            f'<th{GSTART if j in starts else ""} data-col="{nh + j}" title="sort">{esc(c)}</th>'
+            for j, c in enumerate(t.columns)
+        )
         out.append("</tr>")
     else:
         out.append("<tr>")
-        out.extend(f'<th class="rowhead">{esc(h)}</th>' for h in t.row_heads)
-        out.extend(f"<th>{esc(c)}</th>" for c in t.columns)
+        out.extend(
+            f'<th class="rowhead" data-col="{i}" title="sort">{esc(h)}</th>'
+            for i, h in enumerate(t.row_heads)
+        )
+        out.extend(f'<th data-col="{nh + j}" title="sort">{esc(c)}</th>' for j, c in enumerate(t.columns))
         out.append("</tr>")
     out.append("</thead><tbody>")
-    starts = _group_starts(t)
     prev = None
     for heads, cells in t.rows:
         new_group = len(heads) > 1 and prev is not None and heads[0] != prev
@@ -173,6 +266,7 @@ def render_table(t: Table) -> str:
             out.append(f'<td class="{" ".join(cls)}"{val}>{esc(c.text)}</td>')
         out.append("</tr>")
     out.append("</tbody></table></div>")
+    out.append(_legend(t) + exports(t.id))
     return "".join(out)
 
 
@@ -187,7 +281,10 @@ def _group_starts(t: Table) -> set[int]:
 def _legend(t: Table) -> str:
     if not any(c.best for _, cells in t.rows for c in cells):
         return ""
-    return '<p class="legend"><span class="swatch"></span>best in column · ↑ higher is better · ↓ lower is better</p>'
+    return (
+        '<p class="legend"><span class="swatch"></span>best in column · ↑ higher is better · '
+        "↓ lower is better · click a heading to sort</p>"
+    )
 
 
 def render_prov(labels: list[str], rows_per_run: list[list[tuple[str, str, str]]]) -> str:
@@ -213,6 +310,7 @@ def render_prov(labels: list[str], rows_per_run: list[list[tuple[str, str, str]]
     out.append("</tbody></table></div>")
     if len(labels) > 1:
         out.append('<p class="legend"><span style="color:var(--accent)">●</span> differs between runs</p>')
+    out.append(exports("runs-table"))
     return "".join(out)
 
 
@@ -231,56 +329,97 @@ def render_notes(notes: list[str]) -> str:
     return f'<div class="note"><strong>Note</strong><ul>{items}</ul></div>'
 
 
-def render_page(
-    title: str,
-    subtitle: str,
-    run_labels: list[str],
-    prov_rows: list[list[tuple[str, str, str]]],
-    accuracy: Table,
-    comparison: Table | None,
-    bars: Fig | None,
-    runs: list[RunSection],
-    global_notes: list[str],
-    footer: str,
-) -> str:
-    toc = ['<li><a href="#runs">Runs</a></li>', '<li><a href="#accuracy">Accuracy</a></li>']
-    toc.append('<li><a href="#comparison-section">Score comparison</a></li>')
+def _thumbs(items: list[Thumb]) -> str:
+    if not items:
+        return '<span class="muted">none</span>'
+    out = []
+    for t in items:
+        cls = "thumb" if t.ok else "thumb missing"
+        out.append(
+            f'<figure class="{cls}"><img src="{esc(t.src)}" alt="{esc(t.caption)}" title="{esc(t.title)}" '
+            f'width="64" height="64"><figcaption>{esc(t.caption).replace(chr(10), "<br>")}</figcaption></figure>'
+        )
+    return "".join(out)
+
+
+def render_failures(s: RunSection) -> str:
+    if not s.failures and not s.failure_note:
+        return ""
+    out = [
+        f'<details class="fold fail" open><summary>Failures at the FPR95 threshold · {esc(s.label)}</summary>'
+    ]
+    if s.failure_note:
+        out.append(f'<p class="muted">{esc(s.failure_note)}</p>')
+    for f in s.failures:
+        out.append(f'<h4>{esc(f.score)} <span class="tag">threshold {f.threshold:.4g}</span></h4>')
+        pct_o = 100 * f.n_ood_accepted / max(f.n_ood, 1)
+        pct_i = 100 * f.n_id_rejected / max(f.n_id, 1)
+        out.append(
+            f'<div class="row"><div class="what">OOD accepted as ID, highest scores first '
+            f"({f.n_ood_accepted} of {f.n_ood}, {pct_o:.1f}%)</div>"
+            f'<div class="thumbs">{_thumbs(f.ood_accepted)}</div></div>'
+        )
+        out.append(
+            f'<div class="row"><div class="what">ID rejected, lowest scores first '
+            f"({f.n_id_rejected} of {f.n_id}, {pct_i:.1f}%)</div>"
+            f'<div class="thumbs">{_thumbs(f.id_rejected)}</div></div>'
+        )
+    out.append("</details>")
+    return "".join(out)
+
+
+def render_page(p: ReportPage) -> str:
+    toc = [
+        '<li><a href="#summary-section">Summary</a></li>',
+        '<li><a href="#accuracy-section">Accuracy</a></li>',
+    ]
+    toc.append('<li><a href="#runs">Runs</a></li>')
     sub = "".join(
-        f'<li><a href="#{esc(s.anchor)}" title="{esc(s.label)}">{esc(s.label)}</a></li>' for s in runs
+        f'<li><a href="#{esc(s.anchor)}" title="{esc(s.label)}">{esc(s.label)}</a></li>' for s in p.runs
     )
-    toc.append(f'<li><a href="#results">OOD detection</a><ol>{sub}</ol></li>')
+    toc.append(f'<li><a href="#results">Per run</a><ol>{sub}</ol></li>')
     body = [
         '<!DOCTYPE html><html lang="en"><head><meta charset="utf-8">',
         '<meta name="viewport" content="width=device-width, initial-scale=1">',
         '<meta name="generator" content="vlmood report">',
-        f"<title>{esc(title)}</title><style>{CSS}</style><script>{SCRIPT}</script></head><body>",
-        f'<nav class="toc" aria-label="Contents"><div class="brand">{esc(title)}</div><ol>{"".join(toc)}</ol></nav>',
+        f"<title>{esc(p.title)}</title><style>{CSS}</style><script>{SCRIPT}</script></head><body>",
+        f'<nav class="toc" aria-label="Contents"><div class="brand">{esc(p.title)}</div>'
+        f"<ol>{''.join(toc)}</ol></nav>",
         "<main>",
-        f'<header class="page"><h1>{esc(title)}</h1><p>{esc(subtitle)}</p></header>',
-        render_notes(global_notes),
-        '<section id="runs"><h2>Runs</h2>',
-        render_prov(run_labels, prov_rows),
-        "</section>",
-        f'<section id="accuracy"><h2>Accuracy</h2>{render_table(accuracy)}{_legend(accuracy)}</section>',
-        '<section id="comparison-section"><h2>Score comparison</h2>',
+        f'<header class="page"><h1>{esc(p.title)}</h1><p>{esc(p.subtitle)}</p></header>',
+        render_notes(p.notes),
+        '<section id="summary-section"><h2>Summary</h2>',
+        render_table(p.summary),
     ]
-    if comparison is not None:
-        body.append(f"{render_table(comparison)}{_legend(comparison)}")
-    if bars is not None:
-        body.append(render_fig(bars))
-    elif comparison is None:
-        body.append('<p class="muted">No mean metrics to compare.</p>')
+    if p.bars is not None:
+        body.append(render_fig(p.bars))
     body.append("</section>")
-    body.append('<div id="results"></div>')
-    for i, s in enumerate(runs):
+    body.append(f'<section id="accuracy-section"><h2>Accuracy</h2>{render_table(p.accuracy)}')
+    if p.class_accuracy is not None:
+        n = len(p.class_accuracy.rows)
         body.append(
-            f'<section id="{esc(s.anchor)}"><h2>OOD detection<span class="tag">run {i + 1}</span> '
+            f'<details class="fold"><summary>Accuracy per class ({n} classes; '
+            "sort a column to find the worst)"
+            f"</summary>{render_table(p.class_accuracy)}</details>"
+        )
+    body.append("</section>")
+    body += ['<section id="runs"><h2>Runs</h2>', render_prov(p.run_labels, p.prov_rows), "</section>"]
+    body.append('<div id="results"></div>')
+    for i, s in enumerate(p.runs):
+        body.append(
+            f'<section id="{esc(s.anchor)}"><h2>Run {i + 1}'
+            f'<span class="tag">{len(s.table.rows)} scores</span> '
             f"{esc(s.label)}</h2>"
         )
-        body.append(render_table(s.table) + _legend(s.table))
+        n_sets = len(s.table.groups)
+        body.append(
+            f'<details class="fold"><summary>Per-set detail: FPR95, AUROC, AUPR-in, AUPR-out for {n_sets} '
+            f"columns (each OOD set and the means)</summary>{render_table(s.table)}</details>"
+        )
         body.append(render_notes(s.notes))
         if s.figures:
             body.append('<div class="figs">' + "".join(render_fig(f) for f in s.figures) + "</div>")
+        body.append(render_failures(s))
         body.append("</section>")
-    body.append(f"<footer>{esc(footer)}</footer></main></body></html>\n")
+    body.append(f"<footer>{esc(p.footer)}</footer></main></body></html>\n")
     return "\n".join(body)

@@ -16,6 +16,7 @@ from vlmood.errors import VlmoodError
 
 SUPPORTED_SCHEMA = "vlmood.results/1"
 RESULTS_FILE = "results.json"
+STUDY_FILE = "study.json"
 TABLE_METRICS = ("fpr95", "auroc", "aupr_in", "aupr_out")
 METRIC_LABELS = {"fpr95": "FPR95", "auroc": "AUROC", "aupr_in": "AUPR-in", "aupr_out": "AUPR-out"}
 LOWER_IS_BETTER = frozenset({"fpr95", "fpr95_interp", "fpr95_nearest", "fpr95_openood", "detection_error"})
@@ -28,10 +29,15 @@ class ReportError(VlmoodError, ValueError):
 
 @dataclass
 class RawScores:
-    """Raw ID scores and OOD scores per set for one score of one run (float64)."""
+    """Raw ID scores and OOD scores per set for one score of one run (float64), and per image
+    (when the run wrote them) ``paths``, predicted class ``pred`` (keys ``"id"`` and
+    ``"ood/<set>"``) and the true ID classes ``labels``; older raw files have none of these."""
 
     id: np.ndarray
     ood: dict[str, np.ndarray]
+    paths: dict[str, np.ndarray] = field(default_factory=dict)
+    pred: dict[str, np.ndarray] = field(default_factory=dict)
+    labels: np.ndarray | None = None
 
 
 @dataclass
@@ -42,6 +48,7 @@ class Run:
     results: dict[str, Any]
     label: str = ""
     notes: list[str] = field(default_factory=list)
+    role: str = ""  # set for a study's runs: "zero-shot" for the run without an adapter
     _raw: dict[str, RawScores | None] = field(default_factory=dict, repr=False)
 
     @property
@@ -63,6 +70,38 @@ class Run:
         """The label recorded in results.json (``vlmood eval --label``), or ``""``."""
         lab = self.results.get("label")
         return lab.strip() if isinstance(lab, str) else ""
+
+    @property
+    def adapter(self) -> dict[str, Any]:
+        a = self.results.get("adapter")
+        return a if isinstance(a, dict) else {}
+
+    @property
+    def seed(self) -> Any:
+        """The adapter's seed (few-shot draw, else training seed), or None."""
+        for part in ("data", "train"):
+            block = self.adapter.get(part)
+            if isinstance(block, dict) and block.get("seed") is not None:
+                return block["seed"]
+        return None
+
+    @property
+    def default_label(self) -> str:
+        """Method, seed and model (``coop · seed 1 · ViT-B-16``); the model alone without an adapter."""
+        parts = []
+        if self.adapter:
+            parts.append(str(self.adapter.get("method") or self.adapter.get("kind") or "adapter"))
+            if self.seed is not None:
+                parts.append(f"seed {self.seed}")
+        elif self.role:
+            parts.append(self.role)
+        return " · ".join([*parts, self.model_name])
+
+    @property
+    def classnames(self) -> list[str]:
+        cn = self.results.get("classnames")
+        names = cn.get("names") if isinstance(cn, dict) else None
+        return [str(n) for n in names] if isinstance(names, list) else []
 
     @property
     def scores(self) -> dict[str, dict[str, Any]]:
@@ -124,9 +163,21 @@ class Run:
         if not path.is_file():
             self.notes.append(f"score {score!r}: raw scores file {path} is missing")
             return None
+        arrays: dict[str, np.ndarray] = {}
+        paths: dict[str, np.ndarray] = {}
+        pred: dict[str, np.ndarray] = {}
+        labels = None
         try:
             with np.load(path, allow_pickle=False) as z:
-                arrays = {k: np.asarray(z[k], dtype=np.float64).ravel() for k in z.files}
+                for k in z.files:
+                    if k == "id" or k.startswith("ood/"):
+                        arrays[k] = np.asarray(z[k], dtype=np.float64).ravel()
+                    elif k.startswith("paths/") and z[k].dtype.kind in "US":
+                        paths[k[len("paths/") :]] = np.asarray(z[k]).astype(str).ravel()
+                    elif k.startswith("pred/") and z[k].dtype.kind in "iu":
+                        pred[k[len("pred/") :]] = np.asarray(z[k], dtype=np.int64).ravel()
+                    elif k == "labels/id" and z[k].dtype.kind in "iu":
+                        labels = np.asarray(z[k], dtype=np.int64).ravel()
         except (OSError, ValueError, zipfile.BadZipFile, KeyError) as e:
             self.notes.append(f"score {score!r}: raw scores file {path} is unreadable ({e})")
             return None
@@ -135,7 +186,15 @@ class Run:
             return None
         ood = {k[len("ood/") :]: v for k, v in arrays.items() if k.startswith("ood/")}
         order = [n for n in self.ood_sets if n in ood] + [n for n in ood if n not in self.ood_sets]
-        return RawScores(id=arrays["id"], ood={n: ood[n] for n in order})
+        sizes = {"id": arrays["id"].size, **{f"ood/{n}": v.size for n, v in ood.items()}}
+        # per-image arrays that do not line up with the scores are left out, not trusted
+        paths = {k: v for k, v in paths.items() if sizes.get(k) == v.size}
+        pred = {k: v for k, v in pred.items() if sizes.get(k) == v.size}
+        if labels is not None and labels.size != sizes["id"]:
+            labels = None
+        return RawScores(
+            id=arrays["id"], ood={n: ood[n] for n in order}, paths=paths, pred=pred, labels=labels
+        )
 
 
 def _as_float(x: Any) -> float | None:
@@ -155,7 +214,8 @@ def resolve_results_path(p: str | os.PathLike) -> Path:
         cand = path / RESULTS_FILE
         if not cand.is_file():
             raise ReportError(
-                f"{path}: folder has no {RESULTS_FILE} (pass a results.json or the --out folder of `vlmood eval`)"
+                f"{path}: folder has no {RESULTS_FILE} (pass a results.json, the --out folder of "
+                f"`vlmood eval`, or a `vlmood study` folder)"
             )
         return cand
     if not path.exists():
@@ -189,15 +249,65 @@ def load_run(p: str | os.PathLike) -> Run:
     return Run(path=path.resolve(), results=results)
 
 
+def study_runs(folder: Path) -> list[tuple[Path, str]]:
+    """The (results.json, role) of every run of a ``vlmood study`` folder: the runs study.json lists
+    (zero-shot first, then each method's seeds), else every ``runs/**/results.json`` found."""
+    study_file = folder / STUDY_FILE
+    try:
+        study = json.loads(study_file.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ReportError(f"{study_file}: cannot read the study file ({e})") from None
+    found: list[tuple[Path, str]] = []
+    runs = study.get("runs") if isinstance(study, dict) else None
+    if isinstance(runs, dict):
+        for method, entry in runs.items():
+            seeds = entry.get("seeds") if isinstance(entry, dict) else None
+            for rec in (seeds or {}).values():
+                rel = rec.get("results") if isinstance(rec, dict) else None
+                if isinstance(rel, str):
+                    found.append((folder / rel, str(method)))
+    if not found:
+        order = sorted(
+            (folder / "runs").glob("**/results.json"), key=lambda p: (p.parent.name != "zero-shot", p)
+        )
+        found = [(p, p.relative_to(folder / "runs").parts[0]) for p in order]
+    if not found:
+        raise ReportError(f"{folder}: study folder holds no runs (no runs/**/results.json)")
+    missing = [str(p) for p, _ in found if not p.is_file()]
+    if missing:
+        raise ReportError(f"{folder}: the study lists runs whose results are missing: {', '.join(missing)}")
+    return found
+
+
+def _expand(paths: list[str | os.PathLike]) -> list[tuple[str | os.PathLike, str]]:
+    out: list[tuple[str | os.PathLike, str]] = []
+    for p in paths:
+        path = Path(p).expanduser()
+        if path.is_dir() and not (path / RESULTS_FILE).is_file() and (path / STUDY_FILE).is_file():
+            out.extend((r, role) for r, role in study_runs(path))
+        else:
+            out.append((p, ""))
+    return out
+
+
 def load_runs(paths: list[str | os.PathLike]) -> list[Run]:
     """Load several runs and give each a short unique label: the run's own ``label`` (``vlmood eval
-    --label``) or its model spec, then the folder, then the index where those repeat."""
+    --label``) or one naming its method, seed and model (:attr:`Run.default_label`), then the
+    adapter key, the folder, then the index where those repeat. A ``vlmood study`` folder stands
+    for all its runs."""
     if isinstance(paths, (str, os.PathLike)):
         paths = [paths]
     if not paths:
         raise ReportError("no results given: pass at least one results.json (or a folder holding one)")
-    runs = [load_run(p) for p in paths]
-    labels = [r.run_label or r.model_name for r in runs]
+    runs = []
+    for p, role in _expand(paths):
+        r = load_run(p)
+        r.role = "zero-shot" if role == "zero-shot" else ""
+        runs.append(r)
+    labels = [r.run_label or r.default_label for r in runs]
+    dup = {lab for lab in labels if labels.count(lab) > 1}
+    keys = [str(r.adapter.get("key") or "")[:8] for r in runs]
+    labels = [f"{lab} [{k}]" if lab in dup and k else lab for lab, k in zip(labels, keys)]
     dup = {lab for lab in labels if labels.count(lab) > 1}
     labels = [f"{lab} [{r.folder.name}]" if lab in dup else lab for lab, r in zip(labels, runs)]
     if len(set(labels)) != len(labels):

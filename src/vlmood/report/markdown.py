@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from vlmood.report.html import Fig, RunSection
+from vlmood.report.export import TABLE_DIR
+from vlmood.report.html import Fig, ReportPage, RunSection
 from vlmood.report.tables import Table
 
 _MD_SPECIAL = {
@@ -46,36 +47,68 @@ def fig_md(f: Fig) -> str:
     return f"![{md(f.caption)}]({f.src})"
 
 
-def render_markdown(
-    title: str,
-    subtitle: str,
-    run_labels: list[str],
-    prov_rows: list[list[tuple[str, str, str]]],
-    accuracy: Table,
-    comparison: Table | None,
-    bars: Fig | None,
-    runs: list[RunSection],
-    global_notes: list[str],
-) -> str:
-    out = [f"# {md(title)}", "", md(subtitle), ""]
-    for n in global_notes:
+def _exports(table_id: str) -> str:
+    return f"Export: [CSV]({TABLE_DIR}/{table_id}.csv) · [LaTeX]({TABLE_DIR}/{table_id}.tex)"
+
+
+def _failures_md(s: RunSection) -> list[str]:
+    if not s.failures and not s.failure_note:
+        return []
+    out = [f"### Failures at the FPR95 threshold: {md(s.label)}", ""]
+    if s.failure_note:
+        out += [md(s.failure_note), ""]
+    for f in s.failures:
+        out += [f"**{md(f.score)}** (threshold {f.threshold:.4g})", ""]
+        for what, items, k, n in (
+            ("OOD accepted as ID", f.ood_accepted, f.n_ood_accepted, f.n_ood),
+            ("ID rejected", f.id_rejected, f.n_id_rejected, f.n_id),
+        ):
+            imgs = " ".join(f"![{md(t.caption.replace(chr(10), chr(32)))}]({t.src})" for t in items) or "none"
+            out += [f"- {what} ({k} of {n}): {imgs}"]
+        out.append("")
+    return out
+
+
+def render_markdown(p: ReportPage) -> str:
+    out = [f"# {md(p.title)}", "", md(p.subtitle), ""]
+    for n in p.notes:
         out += [f"> **Note:** {md(n)}", ""]
+    out += [
+        "## Summary",
+        "",
+        f"{md(p.summary.caption)}; best per column in bold.",
+        "",
+        table_md(p.summary),
+        "",
+    ]
+    out += [_exports(p.summary.id), ""]
+    if p.bars is not None:
+        out += [fig_md(p.bars), ""]
+    out += [
+        "## Accuracy",
+        "",
+        f"{md(p.accuracy.caption)}.",
+        "",
+        table_md(p.accuracy),
+        "",
+        _exports("accuracy"),
+        "",
+    ]
+    if p.class_accuracy is not None:
+        out += [f"{md(p.class_accuracy.caption)}: {_exports(p.class_accuracy.id)}", ""]
     out += ["## Runs", ""]
-    out.append("| | " + " | ".join(md(lab) for lab in run_labels) + " |")
-    out.append("|:---|" + "|".join([":---"] * len(run_labels)) + "|")
-    for i, (name, _, _) in enumerate(prov_rows[0]):
-        out.append(f"| {md(name)} | " + " | ".join(md(rows[i][1]) for rows in prov_rows) + " |")
-    out += ["", "## Accuracy", "", f"{md(accuracy.caption)}.", "", table_md(accuracy), ""]
-    out += ["## Score comparison", ""]
-    if comparison is not None:
-        out += [f"{md(comparison.caption)}; best per column in bold.", "", table_md(comparison), ""]
-    if bars is not None:
-        out += [fig_md(bars), ""]
-    for i, s in enumerate(runs):
+    out.append("| | " + " | ".join(md(lab) for lab in p.run_labels) + " |")
+    out.append("|:---|" + "|".join([":---"] * len(p.run_labels)) + "|")
+    for i, (name, _, _) in enumerate(p.prov_rows[0]):
+        out.append(f"| {md(name)} | " + " | ".join(md(rows[i][1]) for rows in p.prov_rows) + " |")
+    out += ["", _exports("runs-table"), ""]
+    for i, s in enumerate(p.runs):
         out += [f"## OOD detection, run {i + 1}: {md(s.label)}", ""]
         out += [f"{md(s.table.caption)}; best per column in bold.", "", table_md(s.table), ""]
+        out += [_exports(s.table.id), ""]
         for n in s.notes:
             out += [f"> **Note:** {md(n)}", ""]
         for f in s.figures:
             out += [fig_md(f), ""]
+        out += _failures_md(s)
     return "\n".join(out).rstrip() + "\n"

@@ -48,12 +48,15 @@ def _arrow(metric: str) -> str:
 
 
 def mark_best(table: Table) -> Table:
-    """Mark the best cell of each column (min where lower is better, else max) if 2+ rows have values."""
+    """Mark the best cell of each column (min where lower is better, else max) if 2+ rows have
+    values and they are not all equal."""
     for j, lower in enumerate(table.lower_better):
         cells = [cells[j] for _, cells in table.rows if cells[j].value is not None]
         if len(cells) < 2:
             continue
         shown = [round(100 * c.value, 2) for c in cells]
+        if len(set(shown)) == 1:  # nothing to tell apart (e.g. one run's accuracy on every row)
+            continue
         target = min(shown) if lower else max(shown)
         for c, v in zip(cells, shown):
             c.best = v == target
@@ -83,6 +86,66 @@ def metric_table(run: Run, index: int) -> Table:
             lower_better=lower,
             caption=f"OOD detection, {run.label} (%)",
         )
+    )
+
+
+def summary_table(runs: list[Run]) -> Table:
+    """Rows = (run, score); ID accuracy, then FPR95 / AUROC averaged over near, far and all OOD sets."""
+    keys = [
+        (k, h)
+        for k, h in (("near_mean", "near OOD"), ("far_mean", "far OOD"))
+        if any(k in dict(r.summary_keys()) for r in runs)
+    ] + [("mean", "all OOD")]
+    groups: list[tuple[str, int]] = [("ID", 1)] + [(h, 2) for _, h in keys]
+    columns = ["acc. ↑"]
+    lower = [False]
+    for _ in keys:
+        for m in ("fpr95", "auroc"):
+            columns.append(f"{METRIC_LABELS[m]} {_arrow(m)}")
+            lower.append(m in LOWER_IS_BETTER)
+    rows = []
+    for r in runs:
+        acc = _frac(r.results.get("id_accuracy"))
+        for score in r.scores:
+            cells = [Cell(acc)] + [Cell(r.metric(score, k, m)) for k, _ in keys for m in ("fpr95", "auroc")]
+            rows.append(([r.label, score], cells))
+    return mark_best(
+        Table(
+            id="summary",
+            row_heads=["run", "score"],
+            columns=columns,
+            rows=rows,
+            groups=groups,
+            lower_better=lower,
+            caption="Summary: ID accuracy and OOD detection averaged over OOD sets (%)",
+        )
+    )
+
+
+def class_accuracy_table(runs: list[Run], per_run: list[tuple[list[str], Any, Any] | None]) -> Table | None:
+    """Rows = ID classes (first-seen order over runs); one accuracy column per run that has
+    per-image predictions; ``n`` = the class's images in the first such run."""
+    have = [(r, pr) for r, pr in zip(runs, per_run) if pr is not None]
+    if not have:
+        return None
+    names: list[str] = []
+    for _, (cls, _, _) in have:
+        names.extend(c for c in cls if c not in names)
+    idx = [{c: i for i, c in enumerate(cls)} for _, (cls, _, _) in have]
+    rows = []
+    for c in names:
+        n = next(int(pr[2][m[c]]) for (_, pr), m in zip(have, idx) if c in m)
+        cells = []
+        for (_, (_, acc, _)), m in zip(have, idx):
+            v = float(acc[m[c]]) if c in m else None
+            cells.append(Cell(v if v is not None and v == v else None))
+        rows.append(([c, str(n)], cells))
+    return Table(  # no "best" marks: classes are not competitors
+        id="class-accuracy",
+        row_heads=["class", "n"],
+        columns=[r.label for r, _ in have],
+        rows=rows,
+        caption="Top-1 accuracy per ID class (%), from each run's per-image predictions",
     )
 
 

@@ -15,9 +15,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from vlmood.scores._math import check_temperature, shifted_exp_sums_f32
+from vlmood.scores._math import check_temperature, max_softmax_f32_
 from vlmood.scores.base import register_score
-from vlmood.scores.softmax import CosineScore
+from vlmood.scores.softmax import CosineScore, max_softmax
 
 #: bound on the float32 [rows, P, K] patch-logit buffer (elements)
 MAX_CHUNK_ELEMENTS = 1 << 24
@@ -27,8 +27,7 @@ def local_mcm(patch: np.ndarray, text_t: np.ndarray, temperature: float) -> np.n
     """max over patches and classes of softmax over classes of patch cosines / T; float64 [n]."""
     n, p, d = patch.shape
     z = patch.reshape(n * p, d) @ (text_t * np.float32(1.0 / temperature))  # new float32 buffer
-    _, total = shifted_exp_sums_f32(z)  # max softmax of each patch = 1 / total
-    return 1.0 / np.min(total.reshape(n, p), axis=1)
+    return np.max(max_softmax_f32_(z).reshape(n, p), axis=1)  # (the buffer is overwritten)
 
 
 @register_score("glmcm")
@@ -48,8 +47,7 @@ class GLMCMScore(CosineScore):
     def _global(self, feats: dict[str, np.ndarray]) -> np.ndarray:
         cos = feats.get("cosines")
         cos = self.cosines(feats["image"]) if cos is None else cos
-        _, total = shifted_exp_sums_f32(cos * np.float32(1.0 / self.temperature))
-        return 1.0 / total
+        return max_softmax(cos, self.temperature)
 
     def _local(self, patch: np.ndarray) -> np.ndarray:
         if patch.shape[2] != self._text_t.shape[0]:

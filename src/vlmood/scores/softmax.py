@@ -17,13 +17,18 @@ methods.md §1.1). Written as ID scores (higher = more ID):
 - ``variance`` (T=1): population variance over classes of softmax(s/T) (as ``np.var``).
 - ``l1``: sum_c |s_c - min_c' s_c'|, the L1 norm of the min-shifted similarities (PLP's L1 score
   on a probe's logits; on cosines it is K x (mean - min)).
+
+Each is also a plain function of [n, K] similarities (:func:`max_softmax`, :func:`max_logit`,
+:func:`energy`, :func:`neg_entropy`, :func:`softmax_variance`, :func:`l1_norm`): the one place
+this math is written. The score classes, GL-MCM's global term, the probes' own scores and UEO's
+confidence weights and metrics all call them.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-from vlmood.scores._math import check_temperature, logsumexp, shifted_exp_sums_f32
+from vlmood.scores._math import check_temperature, logsumexp, max_softmax_f32_, shifted_exp_sums_f32
 from vlmood.scores.base import Score, ScoreContext, register_score
 
 
@@ -64,6 +69,51 @@ def _scaled(cos: np.ndarray, temperature: float) -> np.ndarray:
     return np.multiply(cos, np.float32(1.0 / temperature), dtype=np.float32)
 
 
+# ---------------------------------------------------------------------------------------------- the math
+# float64 [n] ID scores of [n, K] similarities (cosines or logits); the input is never modified.
+
+
+def max_softmax(cos: np.ndarray, temperature: float = 1.0) -> np.ndarray:
+    """max_c softmax(cos / T)_c (MCM; MSP at T = 1 / logit scale; a probe's MSP at T = 1)."""
+    return max_softmax_f32_(_scaled(cos, temperature))
+
+
+def max_logit(cos: np.ndarray) -> np.ndarray:
+    """max_c cos_c."""
+    return np.max(cos, axis=1).astype(np.float64)
+
+
+def energy(cos: np.ndarray, temperature: float = 1.0) -> np.ndarray:
+    """Negative free energy T * logsumexp_c(cos_c / T)."""
+    m, total = shifted_exp_sums_f32(_scaled(cos, temperature))
+    return temperature * (m + np.log(total))
+
+
+def neg_entropy(cos: np.ndarray, temperature: float = 1.0) -> np.ndarray:
+    """-H(softmax(cos / T)) = sum_c p_c log p_c."""
+    # sum_c p_c log p_c = sum_c e_c d_c / S - log S with d = z - max z, e = exp(d), S = sum e
+    d = _scaled(cos, temperature)
+    np.subtract(d, np.max(d, axis=1, keepdims=True), out=d)
+    e = np.exp(d)
+    total = np.sum(e, axis=1, dtype=np.float64)
+    np.multiply(e, d, out=e)
+    return np.sum(e, axis=1, dtype=np.float64) / total - np.log(total)
+
+
+def softmax_variance(cos: np.ndarray, temperature: float = 1.0) -> np.ndarray:
+    """Population variance over classes of softmax(cos / T) (float64 throughout)."""
+    z = np.asarray(cos, dtype=np.float64) / temperature
+    p = np.exp(z - logsumexp(z, axis=1)[:, None])
+    return np.var(p, axis=1)
+
+
+def l1_norm(cos: np.ndarray) -> np.ndarray:
+    """sum_c (cos_c - min_c' cos_c'), the L1 norm of the min-shifted similarities."""
+    z = np.asarray(cos, dtype=np.float64)
+    return np.sum(z - z.min(axis=1, keepdims=True), axis=1)
+
+
+# ---------------------------------------------------------------------------------------------- scores
 class _TemperatureScore(CosineScore):
     def __init__(self, temperature: float = 1.0) -> None:
         self.temperature = check_temperature(temperature)
@@ -74,8 +124,7 @@ class MCMScore(_TemperatureScore):
     """Maximum concept matching: max_c softmax(cos / T)_c (Ming et al. 2022), T=1 by default."""
 
     def from_cosines(self, cos: np.ndarray) -> np.ndarray:
-        _, total = shifted_exp_sums_f32(_scaled(cos, self.temperature))
-        return 1.0 / total
+        return max_softmax(cos, self.temperature)
 
 
 @register_score("msp")
@@ -104,8 +153,7 @@ class MSPScore(CosineScore):
         return p
 
     def from_cosines(self, cos: np.ndarray) -> np.ndarray:
-        _, total = shifted_exp_sums_f32(_scaled(cos, self.effective_temperature))
-        return 1.0 / total
+        return max_softmax(cos, self.effective_temperature)
 
 
 @register_score("maxlogit")
@@ -113,7 +161,7 @@ class MaxLogitScore(CosineScore):
     """Maximum cosine similarity max_c cos_c (no temperature)."""
 
     def from_cosines(self, cos: np.ndarray) -> np.ndarray:
-        return np.max(cos, axis=1).astype(np.float64)
+        return max_logit(cos)
 
 
 @register_score("energy")
@@ -121,8 +169,7 @@ class EnergyScore(_TemperatureScore):
     """Negative free energy T * logsumexp_c(cos_c / T)."""
 
     def from_cosines(self, cos: np.ndarray) -> np.ndarray:
-        m, total = shifted_exp_sums_f32(_scaled(cos, self.temperature))
-        return self.temperature * (m + np.log(total))
+        return energy(cos, self.temperature)
 
 
 @register_score("entropy")
@@ -130,13 +177,7 @@ class EntropyScore(_TemperatureScore):
     """Negative entropy of softmax(cos / T): sum_c p_c log p_c (higher = more confident = ID)."""
 
     def from_cosines(self, cos: np.ndarray) -> np.ndarray:
-        # sum_c p_c log p_c = sum_c e_c d_c / S - log S with d = z - max z, e = exp(d), S = sum e
-        d = _scaled(cos, self.temperature)
-        np.subtract(d, np.max(d, axis=1, keepdims=True), out=d)
-        e = np.exp(d)
-        total = np.sum(e, axis=1, dtype=np.float64)
-        np.multiply(e, d, out=e)
-        return np.sum(e, axis=1, dtype=np.float64) / total - np.log(total)
+        return neg_entropy(cos, self.temperature)
 
 
 @register_score("variance")
@@ -144,9 +185,7 @@ class VarianceScore(_TemperatureScore):
     """Population variance over classes of softmax(cos / T) (MCM code's ``var``)."""
 
     def from_cosines(self, cos: np.ndarray) -> np.ndarray:
-        z = np.asarray(cos, dtype=np.float64) / self.temperature
-        p = np.exp(z - logsumexp(z, axis=1)[:, None])
-        return np.var(p, axis=1)
+        return softmax_variance(cos, self.temperature)
 
 
 @register_score("l1")
@@ -154,5 +193,4 @@ class L1Score(CosineScore):
     """L1 norm of the min-shifted similarities: sum_c (s_c - min s) (PLP on probe logits)."""
 
     def from_cosines(self, cos: np.ndarray) -> np.ndarray:
-        z = np.asarray(cos, dtype=np.float64)
-        return np.sum(z - z.min(axis=1, keepdims=True), axis=1)
+        return l1_norm(cos)

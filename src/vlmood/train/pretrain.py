@@ -381,7 +381,10 @@ def pretrain(cfg: PretrainConfig, resume: bool = False, progress: bool = True) -
                 {"model_cfg": resolved, "preprocess_cfg": {"mean": list(mean), "std": list(std)}},
             )
         summary["model_dir"] = str(model_dir)
+        from vlmood.eval.provenance import environment_info
         from vlmood.utils import atomic_write_json
+
+        summary["environment"] = environment_info(device)  # the record results and adapters carry
 
         atomic_write_json(out / "summary.json", summary)
     return summary

@@ -276,7 +276,7 @@ def prepare_sklearn_digits(out: Path) -> dict[str, Any]:
     try:
         import sklearn
     except ImportError as e:
-        raise DataError(f"sklearn-digits needs scikit-learn: pip install scikit-learn ({e})") from e
+        raise DataError(f"sklearn-digits needs scikit-learn: pip install 'vlmood[examples]' ({e})") from e
     path = Path(sklearn.__file__).parent / "datasets" / "data" / "digits.csv.gz"
     if not path.is_file():
         raise DataError(f"{path} is missing: reinstall scikit-learn")
