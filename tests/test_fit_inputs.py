@@ -443,3 +443,17 @@ def test_a_fit_that_fails_before_its_first_checkpoint_leaves_nothing(digits, tmp
     rc = main(_fit_args(digits, out, "--resume"))
     assert rc == 0, capsys.readouterr().err
     assert (out / "adapter.json").exists()
+
+
+def test_fit_rerun_reuses_the_same_settings_and_refuses_others(digits, tmp_path, monkeypatch, capsys):
+    """Rerunning `vlmood fit` (or a notebook cell) into a finished adapter: kept as it is; with other
+    settings: refused naming what differs (before: "already holds a checkpoint; pass --resume")."""
+    monkeypatch.setenv("VLMOOD_CACHE", str(tmp_path / "cache"))
+    out = tmp_path / "ad"
+    assert main(_fit_args(digits, out)) == 0, capsys.readouterr().err
+    stamp = (out / "adapter.json").stat().st_mtime_ns
+    assert main(_fit_args(digits, out)) == 0, capsys.readouterr().err
+    assert (out / "adapter.json").stat().st_mtime_ns == stamp
+    rc = main(_fit_args(digits, out, "--lr", "0.5"))
+    err = capsys.readouterr().err
+    assert rc == 2 and "other settings" in err and "train.lr" in err

@@ -546,7 +546,9 @@ def fit(
     progress: bool = True,
 ) -> Adapter:
     """Train adaptation method ``method`` (``vlmood methods``/``vlmood.methods.list_methods()``) on
-    the training images and write its adapter artifact to ``out``; returns the loaded
+    the training images and write its adapter artifact to ``out`` (an ``out`` that already holds
+    an adapter trained with the same settings is reused as it is; one of other settings is
+    refused with what differs: UsageError); returns the loaded
     :class:`~vlmood.methods.Adapter` (``.method``, ``.kind``, ``.classnames``, ``.key``, ``.path``),
     ready for ``evaluate(..., adapter=...)``.
 
@@ -562,7 +564,8 @@ def fit(
         epochs, lr, batch_size: training settings (``batch_size`` is the global training batch);
             default: the method's paper settings.
         train: other :class:`~vlmood.train.engine.TrainConfig` fields (``{"weight_decay": 5e-4}``).
-        resume: continue from ``out/train``'s checkpoint.
+        resume: continue from ``out/train``'s checkpoint (a killed training also resumes by itself
+            when ``out`` holds its checkpoint and no adapter yet).
         cache_dir, extract_batch_size, num_workers, skip_corrupt, fingerprint, progress: feature
             extraction options (``num_workers`` also sets the training DataLoader's workers).
 
@@ -598,6 +601,7 @@ def fit(
         extract_options=_extract_options(
             cache_dir, extract_batch_size, num_workers, skip_corrupt, fingerprint, progress
         ),
+        reuse=True,  # rerunning a notebook cell keeps a finished adapter of the same settings
     )
     rewrites = getattr(METHODS.get(method), "adapts_image_encoder", False)
     return load_adapter(Path(path).absolute(), copy.deepcopy(model) if rewrites else model)
@@ -711,7 +715,9 @@ def study(
     x seed trained on ``bench``'s train split and evaluated with every score; returns :class:`Study`.
 
     Rerunning with the same ``out`` reuses finished adapters and evaluations and resumes killed
-    trainings; pieces made with other settings are refused (``vlmood study``'s behaviour).
+    trainings; adapters of other training settings are refused (naming what differs), while
+    evaluations of other evaluation settings (templates, scores not yet computed) are computed
+    again, with a warning, replacing the earlier results of that piece.
 
     Args:
         methods: ``"zero-shot"`` and registered method names (``vlmood.methods.list_methods()``).

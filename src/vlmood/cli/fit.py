@@ -156,6 +156,7 @@ def cmd_fit(args: argparse.Namespace) -> int:
         progress=not args.no_progress,
         resume=args.resume,
         extract_options=C.extract_options(args),
+        reuse=True,  # a finished adapter of the same settings is kept; other settings are refused
     )
     if D.is_main():
         print(f"adapter: {out}\nevaluate: vlmood eval --model {args.model} --adapter {out} ...")

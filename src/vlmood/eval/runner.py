@@ -379,8 +379,8 @@ def _reusable(final: Path, ident: dict[str, Any], labels: list[str]) -> dict[str
         return None
     have = (res.get("identity") or {}).get("key")
     if have != ident["key"]:
-        if have is not None:
-            log.info("%s was computed from other inputs (identity key); evaluating again", path)
+        if have is not None:  # not silent: the folder's earlier results are replaced
+            log.warning("%s was computed from other inputs (identity key); evaluating again", path)
         return None
     if not set(labels) <= set(res.get("scores", {})):
         return None
@@ -486,23 +486,23 @@ def _run_eval(
     names = [o.name for o in sets.ood]
     dup = sorted({n for n in names if names.count(n) > 1})
     if dup:
-        raise ValueError(f"OOD set names must be unique; repeated: {dup}")
+        raise UsageError(f"OOD set names must be unique; repeated: {dup}")
     score_objs = build_scores(scores)
     labels_seen = [s.label for s, _ in score_objs]
     if len(set(labels_seen)) != len(labels_seen):
-        raise ValueError(f"the same score was requested twice: {labels_seen}")
+        raise UsageError(f"the same score was requested twice: {labels_seen}")
     adapter = opts.adapter
     head_type = H.head_type(adapter)
     head_kind = head_type.kind
     if adapter is not None:
         if list(adapter.classnames) != list(sets.classnames):
-            raise ValueError(
+            raise UsageError(
                 f"the adapter ({adapter.method}) was trained for {len(adapter.classnames)} classes other "
                 f"than this ID set's {len(sets.classnames)}; evaluate it on the classes it learned"
             )
         bad = [f"{spec.label}: {why}" for spec, sc in score_objs if (why := H.unsupported(sc, head_type))]
         if bad:
-            raise ValueError(
+            raise UsageError(
                 f"score(s) not defined for a {adapter.method} adapter ({head_kind} head): " + "; ".join(bad)
             )
     head_feature = "image" if adapter is None else adapter.feature_kind  # what the head's matrix reads
@@ -514,7 +514,7 @@ def _run_eval(
                 kinds.append(k)
     needs_train = [s.label for s, sc in score_objs if sc.needs_train]
     if needs_train and sets.train is None:
-        raise ValueError(
+        raise UsageError(
             f"score(s) {needs_train} need ID training features: pass --train DIR (or use a benchmark "
             f"with a train split), or drop these scores"
         )
