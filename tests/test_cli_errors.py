@@ -34,6 +34,23 @@ def run(args: list[str], env_extra: dict[str, str] | None = None, timeout: float
     return subprocess.run([EXE, *args], capture_output=True, text=True, timeout=timeout, env=env, **kw)
 
 
+def _slow_decoding_env(tmp_path: Path) -> dict[str, str]:
+    """The environment of a run whose image decoding sleeps 0.5 s per image (a sitecustomize hook on
+    PYTHONPATH), so that a signal lands mid-extraction on any machine."""
+    hook = tmp_path / "hook"
+    hook.mkdir()
+    (hook / "sitecustomize.py").write_text(
+        "import time\n"
+        "import vlmood.data.sources as S\n"
+        "_open = S.open_image\n"
+        "def _slow(path):\n"
+        "    time.sleep(0.5)\n"
+        "    return _open(path)\n"
+        "S.open_image = _slow\n"
+    )
+    return dict(os.environ, VLMOOD_CACHE=str(tmp_path / "cache"), PYTHONPATH=str(hook))
+
+
 def _wait_for_extraction(cache: Path, proc: subprocess.Popen, limit_s: float = 120) -> None:
     """Until the run has started encoding images (its cache entry exists), then a little more."""
     end = time.monotonic() + limit_s
@@ -121,19 +138,7 @@ def test_broken_pipe_is_quiet(tmp_path):
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "sigterm"])
 def test_interrupt_says_how_to_resume(sig, data, tmp_path):
     """Ctrl-C (SIGINT to the whole process group, as a terminal sends it) during eval."""
-    # image decoding that sleeps (injected with sitecustomize) keeps the run busy mid-extraction
-    hook = tmp_path / "hook"
-    hook.mkdir()
-    (hook / "sitecustomize.py").write_text(
-        "import time\n"
-        "import vlmood.data.sources as S\n"
-        "_open = S.open_image\n"
-        "def _slow(path):\n"
-        "    time.sleep(0.5)\n"
-        "    return _open(path)\n"
-        "S.open_image = _slow\n"
-    )
-    env = dict(os.environ, VLMOOD_CACHE=str(tmp_path / "cache"), PYTHONPATH=str(hook))
+    env = _slow_decoding_env(tmp_path)
     proc = subprocess.Popen(
         [EXE, *eval_args(data, tmp_path / "out", "--batch-size", "2")],
         stdout=subprocess.PIPE,
@@ -204,18 +209,7 @@ def test_bad_template_file_gives_one_line(template, words, data, tmp_path):
 
 @pytest.mark.parametrize("command", ["cache", "fit"])
 def test_ctrl_c_during_cache_and_fit(command, data, tmp_path):
-    hook = tmp_path / "hook"
-    hook.mkdir()
-    (hook / "sitecustomize.py").write_text(
-        "import time\n"
-        "import vlmood.data.sources as S\n"
-        "_open = S.open_image\n"
-        "def _slow(path):\n"
-        "    time.sleep(0.5)\n"
-        "    return _open(path)\n"
-        "S.open_image = _slow\n"
-    )
-    env = dict(os.environ, VLMOOD_CACHE=str(tmp_path / "cache"), PYTHONPATH=str(hook))
+    env = _slow_decoding_env(tmp_path)
     if command == "cache":
         args = [
             "cache",
