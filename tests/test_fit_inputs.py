@@ -457,3 +457,26 @@ def test_fit_rerun_reuses_the_same_settings_and_refuses_others(digits, tmp_path,
     rc = main(_fit_args(digits, out, "--lr", "0.5"))
     err = capsys.readouterr().err
     assert rc == 2 and "other settings" in err and "train.lr" in err
+
+
+def test_fit_label_names_the_adapter_in_results_and_reports(digits, tmp_path, monkeypatch, capsys):
+    from vlmood.report.load import load_runs
+
+    monkeypatch.setenv("VLMOOD_CACHE", str(tmp_path / "cache"))
+    out = tmp_path / "ad"
+    assert main(_fit_args(digits, out, "--label", "probe  A")) == 0, capsys.readouterr().err
+    assert json.loads((out / "adapter.json").read_text())["label"] == "probe A"
+    run = tmp_path / "run"
+    args = ["eval", "--model", "tiny-test", "--device", "cpu", "--id", str(digits / "id"), "--classnames"]
+    args += [
+        str(digits / "names.txt"),
+        "--ood",
+        f"x={digits / 'id'}",
+        "--adapter",
+        str(out),
+        "--scores",
+        "mcm",
+    ]
+    assert main([*args, "--workers", "0", "--no-progress", "--out", str(run)]) == 0, capsys.readouterr().err
+    assert json.loads((run / "results.json").read_text())["adapter"]["label"] == "probe A"
+    assert [r.label for r in load_runs([run])] == ["probe A"]

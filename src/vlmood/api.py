@@ -544,6 +544,7 @@ def fit(
     skip_corrupt: bool = False,
     fingerprint: str = "stat",
     progress: bool = True,
+    label: str | None = None,
 ) -> Adapter:
     """Train adaptation method ``method`` (``vlmood methods``/``vlmood.methods.list_methods()``) on
     the training images and write its adapter artifact to ``out`` (an ``out`` that already holds
@@ -568,6 +569,8 @@ def fit(
             when ``out`` holds its checkpoint and no adapter yet).
         cache_dir, extract_batch_size, num_workers, skip_corrupt, fingerprint, progress: feature
             extraction options (``num_workers`` also sets the training DataLoader's workers).
+        label: a name for the adapter (adapter.json ``label``), shown by ``vlmood report`` for every
+            evaluation of it.
 
     UEO's adapter rewrites the image encoder it is loaded onto: it is loaded onto a copy of
     ``model`` (``adapter.model``), and ``model`` stays the base model.
@@ -602,6 +605,7 @@ def fit(
             cache_dir, extract_batch_size, num_workers, skip_corrupt, fingerprint, progress
         ),
         reuse=True,  # rerunning a notebook cell keeps a finished adapter of the same settings
+        label=label,
     )
     rewrites = getattr(METHODS.get(method), "adapts_image_encoder", False)
     return load_adapter(Path(path).absolute(), copy.deepcopy(model) if rewrites else model)

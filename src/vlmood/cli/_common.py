@@ -193,8 +193,8 @@ def add_label_arg(p: argparse.ArgumentParser, what: str) -> None:
         type=_label,
         default=None,
         metavar="TEXT",
-        help=f"a name for {what}, recorded in results.json and shown by `vlmood report` "
-        "(default: the model spec)",
+        help=f"a name for {what}, recorded in results.json (fit: adapter.json, then in the results of "
+        "every evaluation of the adapter) and shown by `vlmood report` (default: method, seed and model)",
     )
 
 

@@ -21,6 +21,7 @@ def add_parsers(sub: Any) -> None:
         sub, "fit", help="train an adaptation method (CoOp, CoCoOp, LoCoOp, linear-probe, PLP, UEO)"
     )
     ft.add_argument("method", help="a registered method (see `vlmood methods`)")
+    C.add_label_arg(ft, "this adapter")
     C.add_model_args(ft)
     C.add_data_args(ft)
     ft.add_argument(
@@ -157,6 +158,7 @@ def cmd_fit(args: argparse.Namespace) -> int:
         resume=args.resume,
         extract_options=C.extract_options(args),
         reuse=True,  # a finished adapter of the same settings is kept; other settings are refused
+        label=args.label,
     )
     if D.is_main():
         print(f"adapter: {out}\nevaluate: vlmood eval --model {args.model} --adapter {out} ...")

@@ -415,6 +415,7 @@ class Adapter:
             "data": self.info.get("data"),
             "split_file": self.info.get("split_file"),
             "metrics": self.info.get("metrics"),
+            **({"label": self.info["label"]} if self.info.get("label") else {}),
         }
 
     def for_classes(self, classnames: Sequence[str]) -> Adapter | None:
@@ -801,6 +802,7 @@ def fit_method(
     resume: bool = False,
     extract_options: ExtractOptions | Mapping[str, Any] | None = None,
     reuse: bool = False,
+    label: str | None = None,
 ) -> Path:
     """Train method ``name`` and write its adapter artifact to ``out_dir``; returns ``out_dir``.
 
@@ -808,7 +810,8 @@ def fit_method(
     settings, shots, seed, class names, training data and base model, with one key). With
     ``reuse=True`` an ``out_dir`` holding an adapter of the same identity is returned without any
     work, one of another identity is refused (the message lists what differs), and a killed
-    training (a checkpoint, no adapter yet) resumes.
+    training (a checkpoint, no adapter yet) resumes. ``label`` names the adapter in reports
+    (adapter.json ``label``; not part of its identity).
 
     ``cfg`` defaults to the method's paper settings (``create_method(name).default_config()``);
     ``seed`` defaults to ``cfg.seed`` and drives the few-shot sampling. The engine's checkpoint,
@@ -858,6 +861,7 @@ def fit_method(
             device,
             resume,
             ident,
+            label,
         )
     except BaseException:
         # a run that stopped before its first checkpoint leaves nothing (a rerun starts afresh);
@@ -883,6 +887,7 @@ def _fit_into(
     device,
     resume,
     ident,
+    label=None,
 ) -> Path:
     """fit_method's work once the inputs are checked and ``out`` exists."""
     seed = cfg.seed if seed is None else seed
@@ -908,7 +913,7 @@ def _fit_into(
             td.classnames,
             td.split_file,
             metrics,
-            extra={"data": td.meta, "run": run, "fit_identity": ident},
+            extra={"data": td.meta, "run": run, "fit_identity": ident, **({"label": label} if label else {})},
         )
     D.barrier()
     return out

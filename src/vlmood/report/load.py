@@ -67,8 +67,9 @@ class Run:
 
     @property
     def run_label(self) -> str:
-        """The label recorded in results.json (``vlmood eval --label``), or ``""``."""
-        lab = self.results.get("label")
+        """The label recorded in results.json (``vlmood eval --label``), else the adapter's
+        (``vlmood fit --label``), or ``""``."""
+        lab = self.results.get("label") or (self.results.get("adapter") or {}).get("label")
         return lab.strip() if isinstance(lab, str) else ""
 
     @property
