@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import atexit
 import logging
 import os
 from typing import Any
@@ -34,8 +35,20 @@ def init_distributed(backend: str | None = None) -> bool:
     if backend == "nccl":
         torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
     dist.init_process_group(backend=backend)
+    atexit.register(shutdown)  # exiting with a live group can abort in C++ (SIGABRT at exit)
     log.info("initialised %s process group: rank %d of %d", backend, rank(), world_size())
     return True
+
+
+def shutdown() -> None:
+    """Destroy the process group (registered at exit by :func:`init_distributed`): a process that
+    exits with its gloo/NCCL group alive may abort with "terminate called without an active
+    exception", which torchrun reports as a failed run."""
+    if is_initialized():
+        try:
+            dist.destroy_process_group()
+        except Exception as e:  # pragma: no cover - best effort at exit
+            log.debug("destroy_process_group at exit: %s", e)
 
 
 def rank() -> int:
