@@ -227,15 +227,10 @@ def compute(workdir: str | os.PathLike, progress: bool = False, batch_size: int 
 
 # --------------------------------------------------------------------------- comparing
 def _summary_metrics(per_set: dict[str, dict[str, float]], groups: dict[str, str]) -> dict[str, Any]:
-    names = list(per_set)
-    out: dict[str, Any] = {"per_set": per_set}
-    metric_names = list(per_set[names[0]])
-    out["mean"] = {m: float(np.mean([per_set[n][m] for n in names])) for m in metric_names}
-    for g in ("near", "far"):
-        members = [n for n in names if groups.get(n) == g]
-        if members:
-            out[f"{g}_mean"] = {m: float(np.mean([per_set[n][m] for n in members])) for m in metric_names}
-    return out
+    """The per-set metrics with the runner's own means (overall, near, far)."""
+    from vlmood.eval.runner import _summarise
+
+    return {"per_set": per_set, **_summarise(per_set, groups)}
 
 
 def _metrics_from_raw(raw: dict[str, list[float]], groups: dict[str, str]) -> dict[str, Any]:

@@ -576,17 +576,13 @@ def fit(
     ``model`` (``adapter.model``), and ``model`` stays the base model.
     """
     from vlmood.methods import METHODS, create_method, fit_method, load_adapter
-    from vlmood.methods.base import check_shots
+    from vlmood.methods.base import check_shots, train_config
 
     params = dict(params or {})
     m = create_method(method, **params)  # unknown names and wrong types refused here
-    given = {"epochs": epochs, "batch_size": batch_size, "lr": lr}
-    cfg = m.default_config(**{**dict(train or {}), **{k: v for k, v in given.items() if v is not None}})
-    if seed is not None:
-        cfg.seed = seed
-    if num_workers is not None:
-        cfg.num_workers = num_workers
-    cfg.check()
+    cfg = train_config(
+        m, epochs=epochs, lr=lr, batch_size=batch_size, seed=seed, num_workers=num_workers, overrides=train
+    )
     check_shots(shots)
     source, classnames = _training_data(data)
     path = fit_method(

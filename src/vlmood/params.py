@@ -68,14 +68,13 @@ def check_value(value: Any, hint: Any, where: str) -> Any:
         args = typing.get_args(hint)
         if value is None and type(None) in args:
             return None
-        errors = []
         for a in args:
             if a is type(None):
                 continue
             try:
                 return check_value(value, a, where)
-            except UsageError as e:
-                errors.append(str(e))
+            except UsageError:
+                pass  # try the next member; the message below names them all
         raise UsageError(f"{where} must be {' or '.join(_type_name(a) for a in args)}, got {value!r}")
     if origin is not None:  # list[str], dict[...]: accept the container, leave items to the callee
         if isinstance(value, origin):

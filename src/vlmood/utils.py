@@ -17,6 +17,24 @@ from pathlib import Path
 from typing import Any
 
 
+def check_folder_path(path: str | os.PathLike, what: str = "--out") -> Path:
+    """``path`` as an output folder: refuses (UsageError, before any work) an existing file or a
+    path under a file; a folder that exists or does not exist yet is fine."""
+    from vlmood.errors import UsageError
+
+    out = Path(path)
+    if out.exists() and not out.is_dir():
+        raise UsageError(
+            f"{what} {out} is an existing file, not a folder; give a folder path (it is created)"
+        )
+    for parent in out.absolute().parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise UsageError(f"{what} {out}: {parent} is a file, not a folder; choose another {what}")
+            break
+    return out
+
+
 def canonical_json(obj: Any) -> str:
     """JSON with sorted keys and no whitespace: stable input for hashing."""
     return json.dumps(obj, sort_keys=True, separators=(",", ":"), default=str)

@@ -29,7 +29,6 @@ import logging
 import os
 import signal
 import sys
-from pathlib import Path
 from typing import Any
 
 from vlmood.cli._common import HelpFormatter, parse_score_arg
@@ -68,12 +67,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _check_out(args: argparse.Namespace) -> None:
-    """``--out`` must be a folder (or not exist yet): refuse an existing file before any work."""
-    from vlmood.errors import UsageError
+    """``--out`` of every command must be a folder (or not exist yet): checked before any work."""
+    from vlmood.utils import check_folder_path
 
-    out = getattr(args, "out", None)
-    if out and Path(out).exists() and not Path(out).is_dir():
-        raise UsageError(f"--out {out} is an existing file, not a folder; pass a folder path (it is created)")
+    if getattr(args, "out", None):
+        check_folder_path(args.out)
 
 
 _RESUME_HINT = {

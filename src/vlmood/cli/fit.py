@@ -121,7 +121,7 @@ def cmd_fit(args: argparse.Namespace) -> int:
     torchrun a real DDP run (``--train-batch-size`` is the global batch, rank 0 writes --out)."""
     from vlmood import distributed as D
     from vlmood.methods import create_method, fit_method
-    from vlmood.methods.base import check_shots
+    from vlmood.methods.base import check_shots, train_config
     from vlmood.params import parse_kv
     from vlmood.train.data import training_source
     from vlmood.train.engine import rank_batch_size
@@ -129,14 +129,15 @@ def cmd_fit(args: argparse.Namespace) -> int:
     refuse_unused_fit_options(args)
     params = dict(parse_kv(text, "--param") for text in args.param)
     method = create_method(args.method, **params)  # unknown names and wrong types refused here
-    given = {"epochs": args.epochs, "batch_size": args.train_batch_size, "lr": args.lr}
-    cfg = method.default_config(**{k: v for k, v in given.items() if v is not None})
-    if args.seed is not None:
-        cfg.seed = args.seed
-    cfg.tensorboard = bool(args.tensorboard)
-    if args.workers is not None:
-        cfg.num_workers = args.workers  # the training DataLoader (images each step: UEO, augment)
-    cfg.check()
+    cfg = train_config(
+        method,
+        epochs=args.epochs,
+        lr=args.lr,
+        batch_size=args.train_batch_size,
+        seed=args.seed,
+        num_workers=args.workers,
+        tensorboard=args.tensorboard,
+    )
     check_shots(args.shots)
     D.init_distributed()
     rank_batch_size(cfg)  # the global batch must split over the torchrun processes

@@ -47,6 +47,7 @@ from vlmood.scores._math import argmax_classes
 from vlmood.utils import (
     atomic_path,
     atomic_write_json,
+    check_folder_path,
     is_disk_full,
     replace_dir,
     sha256_json,
@@ -318,14 +319,9 @@ def check_out_dir(out_dir: str | os.PathLike) -> Path:
     """The folder a run will replace as a whole (a symlink is followed). Refused before any work:
     an existing file, and a folder holding anything but an earlier run's outputs (replacing it
     would delete those files)."""
-    out = Path(out_dir).absolute()
+    out = check_folder_path(out_dir).absolute()
     if out.is_symlink():
         out = out.resolve()
-    if out.exists() and not out.is_dir():
-        raise UsageError(
-            f"--out {out} is an existing file, not a folder; give a folder path "
-            f"(results.json and scores/ are written inside it)"
-        )
     if out.is_dir():
         try:
             names = sorted(p.name for p in out.iterdir())

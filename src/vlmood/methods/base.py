@@ -39,8 +39,8 @@ from vlmood.errors import UsageError, VlmoodError
 from vlmood.eval.provenance import environment_info
 from vlmood.features.options import ExtractOptions
 from vlmood.registry import Registry
-from vlmood.train.engine import CHECKPOINT_NAME, TrainConfig
-from vlmood.utils import atomic_path, atomic_write_json, sha256_json
+from vlmood.train.engine import CHECKPOINT_NAME, RUN_ONLY_SETTINGS, TrainConfig
+from vlmood.utils import atomic_path, atomic_write_json, check_folder_path, sha256_json
 
 log = logging.getLogger(__name__)
 
@@ -579,21 +579,6 @@ def verify_adapter_tensors(d: Path, info: dict[str, Any], tensors: dict[str, tor
         )
 
 
-def check_out_dir(out_dir: str | os.PathLike, what: str = "--out") -> Path:
-    """The adapter directory: refuses a path that exists and is not a directory (before any work)."""
-    out = Path(out_dir)
-    if out.exists() and not out.is_dir():
-        raise UsageError(
-            f"{what} {out} is an existing file; the adapter is a directory: choose another --out"
-        )
-    for parent in out.absolute().parents:
-        if parent.exists():
-            if not parent.is_dir():
-                raise UsageError(f"{what} {out}: {parent} is a file, not a directory; choose another --out")
-            break
-    return out
-
-
 def check_shots(shots: Any) -> int | None:
     """``shots`` is None (all images) or an integer >= 1."""
     if shots is None:
@@ -784,6 +769,33 @@ def prepare_data(
     )
 
 
+def train_config(
+    method: Method,
+    *,
+    epochs: int | None = None,
+    lr: float | None = None,
+    batch_size: int | None = None,
+    seed: int | None = None,
+    num_workers: int | None = None,
+    tensorboard: bool | None = None,
+    overrides: Mapping[str, Any] | None = None,
+) -> TrainConfig:
+    """The method's paper settings (``method.default_config``) with what was given instead (None:
+    keep the paper's), checked (UsageError): what ``vlmood fit`` and ``vlmood.fit`` train with."""
+    given = {"epochs": epochs, "batch_size": batch_size, "lr": lr}
+    cfg = method.default_config(
+        **{**dict(overrides or {}), **{k: v for k, v in given.items() if v is not None}}
+    )
+    if seed is not None:
+        cfg.seed = seed
+    if num_workers is not None:
+        cfg.num_workers = num_workers  # the training DataLoader (images each step: UEO, augmentation)
+    if tensorboard is not None:
+        cfg.tensorboard = bool(tensorboard)
+    cfg.check()
+    return cfg
+
+
 def fit_method(
     name: str,
     model,
@@ -826,31 +838,28 @@ def fit_method(
     method = create_method(name, **(params or {}))
     cfg = cfg if cfg is not None else method.default_config()
     extract_options = ExtractOptions.of(extract_options, cache_root=cache_root)
-    out = check_out_dir(out_dir)
+    out = check_folder_path(out_dir)  # the adapter directory: not a file
     shots = check_shots(shots)
     _check_run(cfg, model)  # settings, batch / world size, precision: before any work
-    ident = fit_identity(
-        method, cfg, model, data, shots, cfg.seed if seed is None else seed, classnames, extract_options
-    )
+    seed = cfg.seed if seed is None else seed
+    ident = fit_identity(method, cfg, model, data, shots, seed, classnames, extract_options)
+    if reuse and D.broadcast_object(_same_adapter(out, ident) if D.is_main() else None):
+        log.info("%s: reusing the adapter trained with the same settings", out)
+        return out
     checkpoint = out / "train" / CHECKPOINT_NAME
-    if reuse:
-        if D.broadcast_object(_same_adapter(out, ident) if D.is_main() else None):
-            log.info("%s: reusing the adapter trained with the same settings", out)
-            return out
-        resume = resume or D.broadcast_object(checkpoint.is_file() if D.is_main() else None)
+    has_checkpoint = D.broadcast_object(checkpoint.is_file() if D.is_main() else None)
+    if resume and not has_checkpoint:
+        log.info("%s holds no checkpoint yet (stopped before the first epoch ended): starting afresh", out)
+    resume = (resume or reuse) and has_checkpoint  # with reuse, a killed training continues
     created = D.is_main() and not out.exists()
     if D.is_main():
         out.mkdir(parents=True, exist_ok=True)
-    if resume and not D.broadcast_object(checkpoint.exists() if D.is_main() else None):
-        log.info("%s holds no checkpoint yet (stopped before the first epoch ended): starting afresh", out)
-        resume = False
     try:
-        return _fit_into(
+        td = prepare_data(
             method,
             model,
             data,
             out,
-            cfg,
             shots,
             seed,
             split_file,
@@ -858,78 +867,47 @@ def fit_method(
             cache_root,
             progress,
             extract_options,
-            device,
-            resume,
-            ident,
-            label,
         )
+        if method.needs_images and td.source is None:
+            raise DataError(
+                f"method {method.name!r} runs the image encoder while training; give it an image source"
+            )
+        dev = torch.device(device) if device is not None else model.device
+        cfg, run = resolve_train_config(cfg, len(td), model)
+        run["device"] = str(dev)
+        t0 = time.perf_counter()
+        metrics = method.fit(model, td, cfg, out / "train", dev, progress=progress, resume=resume)
+        metrics = {"train_s": time.perf_counter() - t0, **(metrics or {})}
+        if D.is_main():
+            save_adapter(
+                out,
+                method,
+                model,
+                method.effective_config if getattr(method, "effective_config", None) else cfg,
+                td.classnames,
+                td.split_file,
+                metrics,
+                extra={
+                    "data": td.meta,
+                    "run": run,
+                    "fit_identity": ident,
+                    **({"label": label} if label else {}),
+                },
+            )
     except BaseException:
         # a run that stopped before its first checkpoint leaves nothing (a rerun starts afresh);
         # with a checkpoint the folder stays for --resume
         if created and not checkpoint.exists():
             shutil.rmtree(out, ignore_errors=True)
         raise
-
-
-def _fit_into(
-    method,
-    model,
-    data,
-    out,
-    cfg,
-    shots,
-    seed,
-    split_file,
-    classnames,
-    cache_root,
-    progress,
-    extract_options,
-    device,
-    resume,
-    ident,
-    label=None,
-) -> Path:
-    """fit_method's work once the inputs are checked and ``out`` exists."""
-    seed = cfg.seed if seed is None else seed
-    td = prepare_data(
-        method, model, data, out, shots, seed, split_file, classnames, cache_root, progress, extract_options
-    )
-    if method.needs_images and td.source is None:
-        raise DataError(
-            f"method {method.name!r} runs the image encoder while training; give it an image source"
-        )
-    dev = torch.device(device) if device is not None else model.device
-    cfg, run = resolve_train_config(cfg, len(td), model)
-    run["device"] = str(dev)
-    t0 = time.perf_counter()
-    metrics = method.fit(model, td, cfg, out / "train", dev, progress=progress, resume=resume)
-    metrics = {"train_s": time.perf_counter() - t0, **(metrics or {})}
-    if D.is_main():
-        save_adapter(
-            out,
-            method,
-            model,
-            method.effective_config if getattr(method, "effective_config", None) else cfg,
-            td.classnames,
-            td.split_file,
-            metrics,
-            extra={"data": td.meta, "run": run, "fit_identity": ident, **({"label": label} if label else {})},
-        )
     D.barrier()
     return out
 
 
-#: training settings that change how a run goes or logs, not what it computes
-RUN_ONLY_SETTINGS = ("num_workers", "log_every", "tensorboard")
-
-
-def _data_fingerprint(data: TrainData | ImageSource, extract_options: Any) -> str:
-    mode = getattr(extract_options, "fingerprint", None)
-    if mode is None and isinstance(extract_options, dict):
-        mode = extract_options.get("fingerprint")
+def _data_fingerprint(data: TrainData | ImageSource, extract_options: ExtractOptions) -> str:
     source = data if isinstance(data, ImageSource) else data.source
     if source is not None:
-        return source.fingerprint(mode or "stat")
+        return source.fingerprint(extract_options.fingerprint)
     h = hashlib.sha256(np.ascontiguousarray(data.labels).tobytes())
     for kind in sorted(data.features):
         h.update(kind.encode())
@@ -945,7 +923,7 @@ def fit_identity(
     shots: int | None,
     seed: int,
     classnames: Sequence[str] | None,
-    extract_options: Any = None,
+    extract_options: ExtractOptions,
 ) -> dict[str, Any]:
     """What decides a trained adapter, and its key (``sha256_json`` of the rest): the method and
     its parameters, the training settings as asked (run-only ones such as workers and logging

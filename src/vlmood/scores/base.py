@@ -135,6 +135,11 @@ class Score(ABC):
         Inputs (possibly memory maps, any float dtype) are never modified.
         """
         self._check_inputs(image, patch)
+        return self._score_rows(image, patch, {})
+
+    def _score_rows(self, image: Any, patch: Any, per_image: Mapping[str, Any]) -> np.ndarray:
+        """The chunked loop of :meth:`score` and :meth:`score_inputs`: ``_score_chunk`` on float32
+        row slices of the image features, the patch features and every ``per_image`` input."""
         n = image.shape[0]
         out = np.empty(n, dtype=np.float64)
         rows = max(1, int(self._rows_per_chunk(image, patch)))
@@ -143,6 +148,8 @@ class Score(ABC):
             feats = {"image": np.asarray(image[s:e], dtype=np.float32)}
             if patch is not None:
                 feats["patch"] = np.asarray(patch[s:e], dtype=np.float32)
+            for k, v in per_image.items():
+                feats[k] = np.asarray(v[s:e], dtype=np.float32)
             out[s:e] = self._score_chunk(feats)
         return out
 
@@ -164,17 +171,7 @@ class Score(ABC):
                 raise ValueError(f"{type(self).__name__} reads {k!r}, which the given inputs lack")
             if len(inputs[k]) != n:
                 raise ValueError(f"{k} has {len(inputs[k])} rows, the image features {n}")
-        out = np.empty(n, dtype=np.float64)
-        rows = max(1, int(self._rows_per_chunk(image, patch)))
-        for s in range(0, n, rows):
-            e = min(n, s + rows)
-            feats = {"image": np.asarray(image[s:e], dtype=np.float32)}
-            if patch is not None:
-                feats["patch"] = np.asarray(patch[s:e], dtype=np.float32)
-            for k in names:
-                feats[k] = np.asarray(inputs[k][s:e], dtype=np.float32)
-            out[s:e] = self._score_chunk(feats)
-        return out
+        return self._score_rows(image, patch, {k: inputs[k] for k in names})
 
 
 SCORES: Registry[Score] = Registry("score")

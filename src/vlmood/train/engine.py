@@ -50,6 +50,10 @@ class ResumeError(VlmoodError, ValueError):
     """A resume was asked for with a configuration that differs from the checkpoint's."""
 
 
+#: training settings that change how a run goes or logs, not what it computes
+RUN_ONLY_SETTINGS = ("num_workers", "log_every", "tensorboard")
+
+
 @dataclass
 class TrainConfig:
     """Optimisation settings. Everything here is part of the run's identity (checked on resume)."""
@@ -94,7 +98,7 @@ class TrainConfig:
 
     def identity(self) -> str:
         d = asdict(self)
-        for k in ("num_workers", "log_every", "tensorboard"):  # how it runs / logs, not what it computes
+        for k in RUN_ONLY_SETTINGS:
             d.pop(k)
         return sha256_json(d)
 
