@@ -97,6 +97,12 @@ CASES = [
     ("unknown score param", ["--score", "mcm:temp=2"], 2, ["'temp'", "temperature"]),
     ("unknown score", ["--score", "mcn"], 2, ["mcn", "mcm"]),
     ("device typo", ["--device", "gpu7"], 2, ["gpu7", "cpu, cuda"]),
+    (
+        "missing NegLabel labels file",
+        ["--score", "neglabel:labels_file=/nonexistent/labels.txt"],
+        2,
+        ["labels_file", "/nonexistent/labels.txt", "does not exist"],
+    ),
 ]
 
 

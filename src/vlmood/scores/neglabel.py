@@ -64,6 +64,7 @@ from typing import Any
 import numpy as np
 
 from vlmood.data.templates import render
+from vlmood.errors import UsageError
 from vlmood.scores._math import check_temperature, l2_normalize, logsumexp
 from vlmood.scores.base import Score, ScoreContext, register_score
 from vlmood.utils import atomic_write_json, sha256_file, sha256_json
@@ -243,6 +244,11 @@ class NegLabelScore(Score):
         self.adj_template = adj_template
         self.vocabulary = vocabulary
         self.labels_file = None if labels_file is None else str(labels_file)
+        if self.labels_file is not None and not Path(self.labels_file).is_file():
+            raise UsageError(  # before any image is encoded
+                f"neglabel parameter labels_file: {self.labels_file} does not exist or is not a file; give a "
+                "labels file written by vlmood (JSON) or NegLabel's released list (one label per line)"
+            )
         self.max_negatives = None if max_negatives is None else int(max_negatives)
         self.encode_batch_size = int(encode_batch_size)
         self._saved_path: str | None = None
