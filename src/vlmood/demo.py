@@ -1,4 +1,4 @@
-"""`vlmood demo`: vlmood-tiny on the bundled emoji demo set, every main score, a table and a report.
+"""`vlmood demo`: the default model (vlmood-small) on the bundled emoji demo set, every main score, a table and a report.
 
 The demo set (``resources/demo/emoji-demo.zip``, built by ``scripts/build_demo_set.py``) is
 extracted once into the cache folder (atomically), then evaluated like any benchmark.
@@ -80,7 +80,7 @@ def demo_scores(folder: Path) -> list[Any]:
 
 def run_demo(
     out: str | os.PathLike = "runs/demo",
-    model: str = "vlmood-tiny",
+    model: str | None = None,
     device: str = "cpu",
     report: bool = True,
     progress: bool = True,
@@ -91,6 +91,9 @@ def run_demo(
     from vlmood.features.options import ExtractOptions
     from vlmood.models import load_model
 
+    from vlmood.defaults import DEFAULT_MODEL
+
+    model = model or DEFAULT_MODEL
     folder = extract_demo(cache_dir)
     resolved = sets_from_args(benchmark=str(folder / "demo.yaml"))
     vlm = load_model(model, device=device, precision="bf16" if device.startswith("cuda") else "fp32")
@@ -107,7 +110,7 @@ def run_demo(
         from vlmood.report import write_report
 
         info = write_report(
-            [Path(out) / "results.json"], Path(out) / "report", title="vlmood demo: vlmood-tiny on emoji"
+            [Path(out) / "results.json"], Path(out) / "report", title=f"vlmood demo: {model} on emoji"
         )
         print(f"report:  {info['index']}")
     return results

@@ -9,6 +9,7 @@ import sys
 from typing import Any
 
 from vlmood.errors import UsageError
+from vlmood.defaults import DEFAULT_MODEL
 
 
 class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
@@ -105,9 +106,9 @@ DEVICE_HELP = "cpu, cuda, cuda:N or auto (cuda when a GPU is visible, else cpu)"
 def add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--model",
-        default="vlmood-tiny",
+        default=DEFAULT_MODEL,
         help="model spec (see `vlmood models`), e.g. open_clip:ViT-B-16@/path/w.safetensors "
-        "(default: vlmood-tiny, the shipped small CLIP)",
+        f"(default: {DEFAULT_MODEL}, the shipped offline CLIP on pretrained towers)",
     )
     p.add_argument("--device", default="auto", help=DEVICE_HELP)
     p.add_argument(

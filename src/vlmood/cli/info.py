@@ -22,11 +22,14 @@ def add_parsers(sub: Any) -> None:
 
 
 def cmd_models(args: argparse.Namespace) -> int:
-    from vlmood.models import list_models
+    from vlmood.defaults import DEFAULT_MODEL
+    from vlmood.models import MODELS, list_models
 
     print("registered models:")
     for name in list_models():
-        print(f"  {name}")
+        doc = (MODELS.get(name).__doc__ or "").strip().split("\n")[0].rstrip(".:")
+        tag = " (default)" if name == DEFAULT_MODEL else ""
+        print(f"  {name + tag:<24}{doc}")
     print(
         "\nspec forms:\n"
         "  NAME                              a registered model above\n"

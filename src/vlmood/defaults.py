@@ -1,0 +1,3 @@
+"""Defaults shared by the CLI, the Python API and the demo (import-light: no torch)."""
+
+DEFAULT_MODEL = "vlmood-small"  # the shipped offline CLIP on pretrained towers (MODEL_CARD.md)
