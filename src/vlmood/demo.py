@@ -86,12 +86,11 @@ def run_demo(
     progress: bool = True,
     cache_dir: str | os.PathLike | None = None,
 ) -> dict[str, Any]:
+    from vlmood.defaults import DEFAULT_MODEL
     from vlmood.eval.runner import EvalOptions, format_table, run_eval
     from vlmood.eval.sets import sets_from_args
     from vlmood.features.options import ExtractOptions
     from vlmood.models import load_model
-
-    from vlmood.defaults import DEFAULT_MODEL
 
     model = model or DEFAULT_MODEL
     folder = extract_demo(cache_dir)

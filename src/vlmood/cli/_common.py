@@ -8,8 +8,8 @@ import re
 import sys
 from typing import Any
 
-from vlmood.errors import UsageError
 from vlmood.defaults import DEFAULT_MODEL
+from vlmood.errors import UsageError
 
 
 class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):

@@ -7,6 +7,7 @@ import json
 from typing import Any
 
 from vlmood.cli import _common as C
+from vlmood.defaults import LOCKED_VIEWS
 
 
 def add_parsers(sub: Any) -> None:
@@ -43,8 +44,9 @@ def add_parsers(sub: Any) -> None:
     lk.add_argument("--embed-dim", type=int, default=256, help="joint embedding width")
     lk.add_argument(
         "--views",
-        default="clean,bridge",
-        help="cached views per image: clean, plus bridge (seeded line art / greyscale / jitter+crop)",
+        default=",".join(LOCKED_VIEWS),
+        help="cached views per image: clean first, then lineart (edges on white) and/or bridge (seeded "
+        "greyscale or colour jitter + crop)",
     )
     lk.add_argument(
         "--unlock",
@@ -65,7 +67,7 @@ def add_parsers(sub: Any) -> None:
         "--epochs",
         type=int,
         default=None,
-        help="passes over the image-text pairs (15; 30 with --image-tower)",
+        help="passes over the image-text pairs (15; 400 with --image-tower)",
     )
     pt.add_argument(
         "--batch-size",
@@ -77,7 +79,7 @@ def add_parsers(sub: Any) -> None:
         "--lr",
         type=float,
         default=None,
-        help="peak AdamW learning rate, cosine decay (5e-4; 1e-3 with --image-tower)",
+        help="peak AdamW learning rate, cosine decay (5e-4; 3e-3 with --image-tower)",
     )
     pt.add_argument("--weight-decay", type=float, default=0.1, help="AdamW weight decay")
     pt.add_argument("--warmup-steps", type=int, default=100, help="linear warmup steps before the cosine")
@@ -119,9 +121,9 @@ def cmd_locked(args: argparse.Namespace) -> int:
         embed_dim=args.embed_dim,
         dropout=args.dropout,
         views=tuple(v.strip() for v in args.views.split(",") if v.strip()),
-        epochs=args.epochs or 30,
+        epochs=args.epochs or 400,
         batch_size=args.batch_size or 512,
-        lr=args.lr or 1e-3,
+        lr=args.lr or 3e-3,
         weight_decay=args.weight_decay,
         unlock=args.unlock,
         unlock_epochs=args.unlock_epochs,

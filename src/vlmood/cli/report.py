@@ -26,7 +26,9 @@ def add_parsers(sub: Any) -> None:
         sub, "demo", help=f"evaluate {DEFAULT_MODEL} on the bundled emoji demo set and write a report"
     )
     dm.add_argument("--out", default="runs/demo", help="output folder (results.json and the report)")
-    dm.add_argument("--model", default=DEFAULT_MODEL, help=f"model spec (see `vlmood models`; default {DEFAULT_MODEL})")
+    dm.add_argument(
+        "--model", default=DEFAULT_MODEL, help=f"model spec (see `vlmood models`; default {DEFAULT_MODEL})"
+    )
     dm.add_argument("--device", default="auto", help=C.DEVICE_HELP)
     dm.add_argument("--no-report", action="store_true", help="evaluate only, write no HTML report")
     dm.add_argument("--no-progress", action="store_true", help="no progress bars")

@@ -614,7 +614,6 @@ def vlmood_tiny(
     )
 
 
-
 @register_model("vlmood-small")
 def vlmood_small(
     *,

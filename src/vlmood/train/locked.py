@@ -43,13 +43,14 @@ from PIL import Image, ImageEnhance, ImageFilter, ImageOps
 
 from vlmood.data.base import DataError
 from vlmood.data.templates import render
+from vlmood.defaults import LOCKED_VIEWS
 from vlmood.errors import UsageError
 from vlmood.train.pretrain import CAPTION_TEMPLATES, Pairs, load_pairs, minilm_pooled, read_exclusions
 from vlmood.utils import atomic_path, atomic_write_json, sha256_json
 
 log = logging.getLogger(__name__)
 
-VIEWS = ("clean", "lineart", "bridge")  # every image is encoded once in each view
+VIEWS = LOCKED_VIEWS  # every image is encoded once in each view
 VAL_CATEGORIES = ("Smileys & Emotion", "People & Body")
 VAL_TEMPLATE = "a photo of a {}."  # the emoji benchmarks' "simple" template
 CHUNK = 1024  # images per cache chunk (a killed extraction resumes at the last whole chunk)
@@ -67,9 +68,9 @@ class LockedConfig:
     dropout: float = 0.5
     views: tuple[str, ...] = VIEWS
     clean_prob: float = 0.5  # chance a training step sees the clean view of an image
-    epochs: int = 40
+    epochs: int = 400
     batch_size: int = 512
-    lr: float = 1e-3
+    lr: float = 3e-3
     weight_decay: float = 0.1
     warmup_epochs: float = 1.0
     unlock: int = 0  # 0: towers locked; 1: + conv_head/bn2; 2: + the trunk's last stage
