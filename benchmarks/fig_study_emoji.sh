@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
-# Issue 4's study figure: vlmood-tiny on emoji-ood, zero-shot vs CoOp, LoCoOp, linear probe and PLP,
+# Issue 4's study figure: the default model (MODEL=vlmood-small; vlmood-tiny before) on emoji-ood, zero-shot vs CoOp, LoCoOp, linear probe and PLP,
 # 3 seeds, every score; mean ± std in OUT/study.md. A rerun resumes (finished pieces are reused).
 #
-#   bash benchmarks/fig_study_emoji.sh            # ROOT=~/vlmood-data OUT=runs/study-emoji
+#   bash benchmarks/fig_study_emoji.sh            # ROOT=~/vlmood-data OUT=runs/study-emoji MODEL=vlmood-small
 #   METHODS=zero-shot,cocoop SEEDS=0 OUT=runs/study-emoji-cocoop bash benchmarks/fig_study_emoji.sh
 #
 # Shots: the emoji train split holds 2 images per ID class (Twitter + OpenMoji colour), so 2-shot
@@ -17,6 +17,7 @@ ROOT=${ROOT:-$HOME/vlmood-data}
 OUT=${OUT:-runs/study-emoji}
 METHODS=${METHODS:-zero-shot,coop,locoop,linear-probe,plp}
 SEEDS=${SEEDS:-0,1,2}
+MODEL=${MODEL:-vlmood-small}
 args=()
 for m in ${METHODS//,/ }; do
   case $m in
@@ -31,7 +32,7 @@ for m in ${METHODS//,/ }; do
     cocoop) args+=(--set "cocoop:epochs=1" --set "cocoop:warmup_steps=20") ;;
   esac
 done
-exec .venv/bin/vlmood study --model vlmood-tiny --benchmark emoji-ood --root "$ROOT" \
+exec .venv/bin/vlmood study --model "$MODEL" --benchmark emoji-ood --root "$ROOT" \
   --methods "$METHODS" --seeds "$SEEDS" --shots 2 \
   --scores mcm,msp,energy,maxlogit,l1 --score neglabel \
   "${args[@]}" --out "$OUT" --no-progress

@@ -96,12 +96,7 @@ def main() -> None:
         f"- ID (Google style, {res['classnames']['n']} classes, chance {100 / res['classnames']['n']:.2f}%): "
         f"zero-shot top-1 **{pct(res['id_accuracy'])}%**.",
     ]
-    for name, rec in res.get("domain_shift", {}).items():
-        lines.append(f"- Domain shift {name}: top-1 {pct(rec['accuracy'])}%")
-    for name, rec in res.get("held_out", {}).items():
-        lines.append(
-            f"- Held-out classes {name} ({rec['n_classes']} unseen classes): top-1 {pct(rec['accuracy'])}%"
-        )
+    lines += accuracy_lines(res, seen_styles=())
     lines += score_table(res)
     lines += [
         "",
@@ -134,6 +129,19 @@ def main() -> None:
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text("\n".join(lines))
     print(f"wrote {args.out}")
+
+
+def accuracy_lines(res: dict, seen_styles: tuple[str, ...]) -> list[str]:
+    """Domain-shift and held-out-class accuracy, one line per set."""
+    lines = []
+    for name, rec in res.get("domain_shift", {}).items():
+        seen = " (a training style)" if name in seen_styles else ""
+        lines.append(f"- Domain shift {name}{seen}: top-1 {pct(rec['accuracy'])}%")
+    for name, rec in res.get("held_out", {}).items():
+        lines.append(
+            f"- Held-out classes {name} ({rec['n_classes']} unseen classes): top-1 {pct(rec['accuracy'])}%"
+        )
+    return lines
 
 
 def score_table(res: dict) -> list[str]:
@@ -241,13 +249,7 @@ def small_card(run: Path, summary: dict, res: dict) -> str:
         "",
         f"- ID (Google style, {n_cls} classes, chance {100 / n_cls:.2f}%): zero-shot top-1 **{pct(res['id_accuracy'])}%**.",
     ]
-    for nm, rec in res.get("domain_shift", {}).items():
-        seen = " (a training style)" if nm in ("twitter", "openmoji-color") else ""
-        lines.append(f"- Domain shift {nm}{seen}: top-1 {pct(rec['accuracy'])}%")
-    for nm, rec in res.get("held_out", {}).items():
-        lines.append(
-            f"- Held-out classes {nm} ({rec['n_classes']} unseen classes): top-1 {pct(rec['accuracy'])}%"
-        )
+    lines += accuracy_lines(res, seen_styles=("twitter", "openmoji-color"))
     lines += score_table(res)
     lines += [
         "",

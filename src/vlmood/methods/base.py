@@ -231,8 +231,9 @@ class ImageTrainDataset(Dataset):
         return {"pixels": x, "label": torch.tensor(int(self.labels[i])), "index": torch.tensor(int(i))}
 
 
-def train_transform(model, scale: tuple[float, float] = (0.5, 1.0)):
-    """Random resized crop (bicubic) + horizontal flip + the model's normalisation (CoOp, UEO)."""
+def train_transform(model, scale: tuple[float, float] = (0.5, 1.0), flip: bool = True):
+    """Random resized crop (the model's interpolation) + horizontal flip (unless ``flip=False``) +
+    the model's normalisation (CoOp, UEO; full fine-tuning: scale 0.9-1, no flip)."""
     from torchvision import transforms as T
 
     pp = model.identity.preprocess
@@ -244,7 +245,7 @@ def train_transform(model, scale: tuple[float, float] = (0.5, 1.0)):
     return T.Compose(
         [
             T.RandomResizedCrop(pp.image_size, scale=scale, interpolation=interp),
-            T.RandomHorizontalFlip(),
+            *([T.RandomHorizontalFlip()] if flip else []),
             T.ToTensor(),
             T.Normalize(pp.mean, pp.std),
         ]

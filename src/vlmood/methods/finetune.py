@@ -63,6 +63,7 @@ from vlmood.methods.base import (
     mark_adapted,
     register_method,
     run_engine,
+    train_transform,
 )
 from vlmood.methods.losses import cma_loss, linear_head_loss
 from vlmood.methods.prompt import EvalModeModule
@@ -132,23 +133,7 @@ def encode_tokens(model, tokens: torch.Tensor) -> torch.Tensor:
 def finetune_transform(model, augment: bool):
     """RandomResizedCrop(scale 0.9-1) + the model's normalisation (CMA; no flip), or the eval
     transform."""
-    if not augment:
-        return model.preprocess
-    from torchvision import transforms as T
-
-    pp = model.identity.preprocess
-    interp = {
-        "bicubic": T.InterpolationMode.BICUBIC,
-        "bilinear": T.InterpolationMode.BILINEAR,
-        "nearest": T.InterpolationMode.NEAREST,
-    }.get(pp.interpolation, T.InterpolationMode.BICUBIC)
-    return T.Compose(
-        [
-            T.RandomResizedCrop(pp.image_size, scale=(0.9, 1.0), interpolation=interp),
-            T.ToTensor(),
-            T.Normalize(pp.mean, pp.std),
-        ]
-    )
+    return train_transform(model, scale=(0.9, 1.0), flip=False) if augment else model.preprocess
 
 
 def check_base_model(model, what: str) -> None:
