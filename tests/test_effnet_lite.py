@@ -245,6 +245,10 @@ def test_bad_recipe_options_are_one_line_errors(tmp_path, capsys):
     assert main([*base, "--text-tower", "own"]) == 2
     assert "MiniLM" in capsys.readouterr().err
     assert main([*base, "--image-size", "8"]) == 2
+    assert main([*base, "--unlock", "2", "--unlock-epochs", "0"]) == 2
+    assert main([*base, "--dropout", "1.5"]) == 2
+    assert main([*base, "--lr", "-1"]) == 2
+    assert "--lr must be positive" in capsys.readouterr().err
 
 
 def test_line_art_view_is_dark_strokes_on_white():

@@ -101,6 +101,11 @@ def add_parsers(sub: Any) -> None:
     pt.set_defaults(func=cmd_pretrain)
 
 
+def _given(value, default):
+    """The option's value, or the recipe's default when it was not given (0 is a value)."""
+    return default if value is None else value
+
+
 def cmd_locked(args: argparse.Namespace) -> int:
     from vlmood.train.locked import LockedConfig, train_locked
 
@@ -121,9 +126,9 @@ def cmd_locked(args: argparse.Namespace) -> int:
         embed_dim=args.embed_dim,
         dropout=args.dropout,
         views=tuple(v.strip() for v in args.views.split(",") if v.strip()),
-        epochs=args.epochs or 400,
-        batch_size=args.batch_size or 512,
-        lr=args.lr or 3e-3,
+        epochs=_given(args.epochs, 400),
+        batch_size=_given(args.batch_size, 512),
+        lr=_given(args.lr, 3e-3),
         weight_decay=args.weight_decay,
         unlock=args.unlock,
         unlock_epochs=args.unlock_epochs,
@@ -158,9 +163,9 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
         exclude=args.exclude,
         device=device,
         train=TrainConfig(
-            epochs=args.epochs or 15,
-            batch_size=args.batch_size or 256,
-            lr=args.lr or 5e-4,
+            epochs=_given(args.epochs, 15),
+            batch_size=_given(args.batch_size, 256),
+            lr=_given(args.lr, 5e-4),
             optimizer="adamw",
             betas=(0.9, 0.98),
             weight_decay=args.weight_decay,

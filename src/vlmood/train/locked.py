@@ -100,9 +100,18 @@ class LockedConfig:
             raise UsageError(f"--image-size {self.image_size}: between 32 and 512")
         if not 0.0 <= self.val_fraction < 1.0:
             raise UsageError(f"--val-fraction {self.val_fraction}: in [0, 1)")
-        for name in ("epochs", "batch_size", "embed_dim"):
+        for name in ("epochs", "batch_size", "embed_dim", "extract_batch"):
             if getattr(self, name) < 1:
                 raise UsageError(f"--{name.replace('_', '-')} must be at least 1")
+        if self.unlock and self.unlock_epochs < 1:
+            raise UsageError(f"--unlock {self.unlock} needs --unlock-epochs of at least 1")
+        for name in ("lr", "unlock_lr"):
+            if not getattr(self, name) > 0:
+                raise UsageError(f"--{name.replace('_', '-')} must be positive, got {getattr(self, name)}")
+        if not 0.0 <= self.dropout < 1.0:
+            raise UsageError(f"--dropout {self.dropout}: in [0, 1)")
+        if not 0.0 <= self.clean_prob <= 1.0:
+            raise UsageError(f"clean_prob {self.clean_prob}: in [0, 1]")
 
 
 # ---------------------------------------------------------------------------------------- model
