@@ -9,8 +9,9 @@
 #   SIZE      input resolution (default 224)      EPOCHS  locked-phase epochs (default 400)
 #   HEAD      mlp | linear (default mlp)           UNLOCK  0 | 1 | 2 trunk stages to unlock after (default 0)
 #   SEED      default 0
-# vlmood-small is the defaults: about 20 minutes on 2 CPU cores (feature extraction dominates; a
-# rerun reuses the cached features). The same command gives the same weights on the same stack.
+# vlmood-small is the defaults: about 25 minutes on 2 CPU cores (cold feature extraction 15, training 4,
+# evaluation 5 with NegLabel mining; a rerun reuses the cached features). The same command gives the
+# same weights on the same stack.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 DATA="${DATA:-$HOME/vlmood-data}"
