@@ -21,7 +21,6 @@ import importlib.metadata
 from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import torch
 
@@ -192,7 +191,3 @@ def imagenet_classifier(name: str = "lite0") -> torch.nn.Module:
     model = timm.create_model(v.timm_name, pretrained=False, num_classes=1000)
     load_trunk_weights(model, v)
     return model.eval()
-
-
-def describe(v: LiteVariant) -> dict[str, Any]:
-    return {"variant": v.name, "timm": v.timm_name, **trunk_identity(v)}

@@ -149,6 +149,11 @@ class _quiet_transformers:
 TRUNK_PREFIX = "visual.trunk."
 
 
+def in_modules(name: str, modules: tuple[str, ...] | list[str]) -> bool:
+    """Is the parameter/buffer ``name`` (relative to the trunk) inside one of ``modules``?"""
+    return any(name == m or name.startswith(m + ".") for m in modules)
+
+
 def load_packaged_trunk(model: torch.nn.Module, trunk_cfg: dict[str, Any]) -> dict[str, str]:
     """Load a packaged ImageNet trunk (``image_trunk`` of the model config: ``weights`` names the
     package, ``trained`` the trunk modules the stored weights replace) into ``model.visual.trunk``
@@ -169,7 +174,7 @@ def load_packaged_trunk(model: torch.nn.Module, trunk_cfg: dict[str, Any]) -> di
     if unknown:
         raise ModelLoadError(f"image_trunk.trained names {unknown}, which are not modules of {v.timm_name}")
     for name, p in trunk.named_parameters():
-        p.requires_grad_(any(name == t or name.startswith(t + ".") for t in trained))
+        p.requires_grad_(in_modules(name, trained))
     model._vlmood_trunk_trained = trained
     model._vlmood_trunk_identity = identity
     return identity
@@ -182,8 +187,7 @@ def _packaged(model: torch.nn.Module, key: str) -> bool:
     trained = getattr(model, "_vlmood_trunk_trained", None)
     if trained is None or not key.startswith(TRUNK_PREFIX):
         return False
-    rest = key[len(TRUNK_PREFIX) :]
-    return not any(rest == t or rest.startswith(t + ".") for t in trained)
+    return not in_modules(key[len(TRUNK_PREFIX) :], trained)
 
 
 def stored_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:

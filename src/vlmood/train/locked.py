@@ -306,7 +306,8 @@ def emoji_validation(emoji_dir: Path, fraction: float, seed: int) -> ValSplit:
             f"{meta} not found: the validation split reads a prepared emoji source "
             f"(vlmood data prepare emoji --out {emoji_dir})"
         )
-    rows = list(csv.DictReader(open(meta, newline="", encoding="utf-8")))
+    with open(meta, newline="", encoding="utf-8") as fh:
+        rows = list(csv.DictReader(fh))
     need = {"path", "style", "codepoint", "name", "category"}
     if not rows or not need <= set(rows[0]):
         raise DataError(f"{meta}: needs the columns {sorted(need)}")
@@ -374,7 +375,7 @@ def _cosine_lr(step: int, total: int, warmup: int, base: float) -> float:
 def train_locked(cfg: LockedConfig, progress: bool = True) -> dict[str, Any]:
     """Run the recipe; returns the summary (also written to ``<out>/summary.json``)."""
     from vlmood.models import effnet_lite
-    from vlmood.models.minilm_clip import build_minilm_clip, minilm_version, save_minilm_clip_dir
+    from vlmood.models.minilm_clip import build_minilm_clip, in_modules, minilm_version, save_minilm_clip_dir
 
     cfg.check()
     t_start = time.time()
@@ -430,7 +431,7 @@ def train_locked(cfg: LockedConfig, progress: bool = True) -> dict[str, Any]:
         resize_mode="shortest",
         interpolation="bicubic",
     )
-    trunk_id = effnet_lite.trunk_identity(v)
+    trunk_id = model._vlmood_trunk_identity  # set when build_minilm_clip loaded the package
     base_key = {"trunk": trunk_id["sha256"], "size": cfg.image_size, "views_version": 3}
     cache_dir = out / "cache"
 
@@ -616,12 +617,7 @@ def train_locked(cfg: LockedConfig, progress: bool = True) -> dict[str, Any]:
         if best_state is not None:  # continue from the best locked epoch
             model.load_state_dict(best_state, strict=False)
         trained = trained_modules(trunk, cfg.unlock)
-        names = set(trained)
-        tail = [
-            p
-            for nme, p in trunk.named_parameters()
-            if any(nme == t or nme.startswith(t + ".") for t in names)
-        ]
+        tail = [p for nme, p in trunk.named_parameters() if in_modules(nme, trained)]
         for p in tail:
             p.requires_grad_(True)
         run_phase(
@@ -644,8 +640,8 @@ def train_locked(cfg: LockedConfig, progress: bool = True) -> dict[str, Any]:
 
     if best_state is not None:
         model.load_state_dict(best_state, strict=False)
-    if not trained:
-        effnet_lite.load_trunk_weights(trunk, v)  # the pristine packaged trunk
+    if cfg.unlock and not trained:
+        effnet_lite.load_trunk_weights(trunk, v)  # unlocking did not win: back to the packaged trunk
     model.eval()
     final_cfg = model_config(cfg, trained)
     model._vlmood_trunk_trained = tuple(trained)
