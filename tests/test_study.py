@@ -144,3 +144,89 @@ def test_study_bad_input(example, tmp_path, capsys):
     assert rc == 2 and "comma list of integers" in err
     rc, err = run("--methods", "coop", "--shots", "50", "--set", "epochs=1")
     assert rc == 2 and "shot" in err
+
+
+def test_study_full_finetune_wise_ft_alphas_and_modality_gap(example, tmp_path, capsys, monkeypatch):
+    """FT and one WiSE-FT row per alpha (the endpoint named as a study method) in one command;
+    alpha 0 is the zero-shot model and alpha 1 the FT adapter, exactly; the modality gap is in
+    every result with text class features and in the study's tables."""
+    monkeypatch.setenv("VLMOOD_CACHE", str(tmp_path / "cache"))
+    out = tmp_path / "study"
+    args = [
+        "study",
+        "--model",
+        "tiny-test",
+        "--benchmark",
+        str(example),
+        "--methods",
+        "zero-shot,ft,wise-ft,plp",
+        "--seeds",
+        "0",
+        "--shots",
+        "2",
+        "--set",
+        "epochs=1",
+        "--set",
+        "batch_size=4",
+        "--set",
+        "ft:lr=1e-3",
+        "--set",
+        "ft:warmup_steps=0",
+        "--param",
+        "wise-ft:endpoint=ft",
+        "--param",
+        "wise-ft:alphas=0,0.5,1",
+        "--scores",
+        "mcm,energy",
+        "--out",
+        str(out),
+        "--workers",
+        "0",
+        "--no-progress",
+    ]
+    assert main(args) == 0, capsys.readouterr().err
+    capsys.readouterr()
+    study = json.loads((out / "study.json").read_text())
+    table = study["table"]
+    assert set(table) == {
+        "zero-shot",
+        "ft",
+        "wise-ft(alpha=0)",
+        "wise-ft(alpha=0.5)",
+        "wise-ft(alpha=1)",
+        "plp",
+    }
+
+    def res(row):
+        return json.loads(
+            (
+                out / study["runs"][row]["seeds"].get("0", study["runs"][row]["seeds"].get("-"))["results"]
+            ).read_text()
+        )
+
+    zs, ft = res("zero-shot"), res("ft")
+    w0, w1, wh = res("wise-ft(alpha=0)"), res("wise-ft(alpha=1)"), res("wise-ft(alpha=0.5)")
+    assert w0["id_accuracy"] == zs["id_accuracy"] and w1["id_accuracy"] == ft["id_accuracy"]
+    assert w0["scores"]["energy"]["near_mean"]["auroc"] == pytest.approx(
+        zs["scores"]["energy"]["near_mean"]["auroc"]
+    )
+    assert w1["scores"]["energy"]["near_mean"]["auroc"] == pytest.approx(
+        ft["scores"]["energy"]["near_mean"]["auroc"]
+    )
+    assert w1["modality_gap"]["gap"] == pytest.approx(ft["modality_gap"]["gap"], abs=1e-5)
+    # alpha 0 rebuilds the zero-shot head from the same templates as the study's zero-shot run
+    assert w0["modality_gap"]["gap"] == pytest.approx(zs["modality_gap"]["gap"], abs=1e-5)
+    assert wh["adapter"]["params"]["alpha"] == 0.5
+    assert wh["adapter"]["params"]["endpoint"].endswith("adapters/ft/seed0")
+    # the gap: measured for text heads, n/a (with the reason) for a probe
+    assert 0 < zs["modality_gap"]["gap"] < 2 and -1 <= zs["modality_gap"]["own_cosine"] <= 1
+    assert "n/a" in res("plp")["modality_gap"]
+    assert "modality_gap" in table["ft"] and "modality_gap" not in table["plp"]
+    md = (out / "study.md").read_text()
+    assert "Modality gap" in md and "| wise-ft(alpha=0.5) |" in md
+
+    # wise-ft before its endpoint, or its endpoint missing: refused before any work
+    bad = list(args)
+    bad[bad.index("zero-shot,ft,wise-ft,plp")] = "zero-shot,wise-ft,ft"
+    assert main(bad + ["--out", str(tmp_path / "bad")]) == 2
+    assert "list ft before wise-ft" in capsys.readouterr().err

@@ -310,6 +310,13 @@ class Results:
         return float(self._data.get("id_accuracy", float("nan")))
 
     @property
+    def modality_gap(self) -> dict[str, Any]:
+        """The ID set's modality gap (``gap``, ``own_cosine``, ``other_cosine``, ``margin``; see
+        :func:`vlmood.metrics.modality_gap`), or ``{"n/a": why}`` for a head without class text
+        features; ``{}`` for results written before it was measured."""
+        return dict(self._data.get("modality_gap") or {})
+
+    @property
     def scores(self) -> list[str]:
         """The score labels, in the order they ran (the ``score`` column of :meth:`table`)."""
         return list(self._data.get("scores", {}))

@@ -238,3 +238,48 @@ def id_accuracy(logits_or_pred, labels, k: int = 1) -> float:
         return float(np.mean(np.argmax(x, axis=1) == labels))
     topk = np.argpartition(-x, k - 1, axis=1)[:, :k]
     return float(np.mean(np.any(topk == labels[:, None], axis=1)))
+
+
+def modality_gap(image, text, labels) -> dict[str, float]:
+    """The modality gap of a labelled image set against class text embeddings (CMA's measure).
+
+    ``image`` [N, D], ``text`` [K, D] (both renormalised here), ``labels`` [N] (``< 0`` ignored):
+
+    - ``gap``: ``|| mean_i img_i - mean_i txt_{y_i} ||``, the distance between the mean image
+      embedding and the mean embedding of the images' own class texts (Liang et al.'s gap over
+      (image, own class text) pairs);
+    - ``own_cosine``: mean cosine of an image to its own class text;
+    - ``other_cosine``: mean over images of the mean cosine to the other K - 1 class texts;
+    - ``margin``: ``own_cosine - other_cosine``.
+
+    Computed in float64 without an [N, K] matrix (the other-class mean comes from the sum of
+    all class texts).
+    """
+    img = np.asarray(image, dtype=np.float64)
+    txt = np.asarray(text, dtype=np.float64)
+    y = np.asarray(labels).astype(np.int64)
+    if img.ndim != 2 or txt.ndim != 2 or img.shape[1] != txt.shape[1]:
+        raise ValueError(f"modality_gap: image {img.shape} and text {txt.shape} must be [N, D] and [K, D]")
+    if len(y) != len(img):
+        raise ValueError(f"modality_gap: {len(img)} images but {len(y)} labels")
+    keep = y >= 0
+    if not keep.any():
+        raise ValueError("modality_gap: no labelled images")
+    img, y = img[keep], y[keep]
+    k = len(txt)
+    if y.max() >= k:
+        raise ValueError(f"modality_gap: label {int(y.max())} outside the {k} class texts")
+    img = img / np.linalg.norm(img, axis=1, keepdims=True)
+    txt = txt / np.linalg.norm(txt, axis=1, keepdims=True)
+    gap = float(np.linalg.norm(img.mean(axis=0) - txt[y].mean(axis=0)))
+    own = np.einsum("nd,nd->n", img, txt[y])
+    txt_sum = txt.sum(axis=0)
+    # mean cosine to the other classes: (sum over all classes - own) / (K - 1), no [N, K] matrix
+    other = (img @ txt_sum - own) / (k - 1) if k > 1 else np.full(len(img), np.nan)
+    return {
+        "gap": gap,
+        "own_cosine": float(own.mean()),
+        "other_cosine": float(other.mean()),
+        "margin": float(own.mean() - other.mean()),
+        "n": int(len(img)),
+    }

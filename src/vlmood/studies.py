@@ -43,6 +43,7 @@ log = logging.getLogger(__name__)
 
 STUDY_SCHEMA = "vlmood.study/1"
 ZERO_SHOT = "zero-shot"
+WISE_FT = "wise-ft"
 
 
 @dataclass
@@ -79,6 +80,16 @@ def _check_config(cfg: StudyConfig) -> None:
     for m in cfg.methods:  # bad hyperparameters or training settings fail before any work
         if m != ZERO_SHOT:
             _train_config(create_method(m, **cfg.params.get(m, {})), cfg, cfg.seeds[0])
+    if WISE_FT in cfg.methods:
+        endpoint = str(cfg.params.get(WISE_FT, {}).get("endpoint", ""))
+        if endpoint in cfg.methods and cfg.methods.index(endpoint) > cfg.methods.index(WISE_FT):
+            raise ValueError(
+                f"wise-ft interpolates the study's {endpoint!r} adapters: list {endpoint} before wise-ft"
+            )
+        if endpoint == WISE_FT:
+            raise ValueError(
+                "wise-ft's endpoint must be a full fine-tune (ft, lp-ft, flyp, cma, arf), not wise-ft"
+            )
 
 
 def _train_config(method, cfg: StudyConfig, seed: int):
@@ -123,6 +134,7 @@ def run_study(
         fit_method,
         load_adapter,
     )
+    from vlmood.methods.wise_ft import parse_alphas
 
     _check_config(cfg)
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
@@ -168,50 +180,68 @@ def run_study(
         results[(ZERO_SHOT, "-")] = res
         method_scores = _reuse_negatives(cfg.scores, res, out / "runs" / ZERO_SHOT)
 
+    def fit_and_eval(row: str, name: str, params: dict[str, Any], seed: int, ad_dir: Path, run_dir: Path):
+        method = create_method(name, **params)
+        tc = _train_config(method, cfg, seed)
+        # the model's precision is the training precision (fit_method runs and records it)
+        tc = dataclasses.replace(tc, precision=str(base.identity.precision))
+        shots = cfg.shots if method.needs_labels else None
+        # an adapter of the same settings is reused, another refused, a killed one resumed
+        fit_method(
+            name,
+            base,
+            sets.train,
+            ad_dir,
+            cfg=tc,
+            params=params,
+            shots=shots,
+            seed=seed,
+            classnames=sets.classnames,
+            progress=progress,
+            extract_options=opts.extract,
+            reuse=True,
+        )
+        # an adapter that rewrites the image encoder gets a fresh model (the base stays clean)
+        model = model_factory() if getattr(METHODS.get(name), "adapts_image_encoder", False) else base
+        try:
+            adapter = load_adapter(ad_dir, model)
+        except AdapterMismatchError as e:
+            raise AdapterMismatchError(
+                f"{e} In a study: this --out holds adapters of another model; use another --out."
+            ) from e
+        if adapter.adapts_image_encoder and model is base:
+            raise RuntimeError(f"{name}: adapter rewrote the shared base model")
+        rec, res = evaluate(run_dir, model, adapter, adapter.record(ad_dir), method_scores)
+        results[(row, str(seed))] = res
+        rec["adapter"] = str(ad_dir.relative_to(out))
+        rec["train_s"] = (adapter.info.get("metrics") or {}).get("train_s")
+        return rec
+
     for name in cfg.methods:
         if name == ZERO_SHOT:
             continue
-        method_cls = METHODS.get(name)
-        entry: dict[str, Any] = {"seeds": {}}
+        params = dict(cfg.params.get(name, {}))
+        if name == WISE_FT:
+            # one row per alpha; an endpoint named as a method of the study is that seed's adapter
+            alphas = parse_alphas(params.pop("alphas", "")) or [float(params.get("alpha", 0.5))]
+            endpoint = str(params.get("endpoint", ""))
+            for a in alphas:
+                row = f"{name}(alpha={a:g})" if len(alphas) > 1 else name
+                entry = {"seeds": {}, "method": name, "alpha": a, "endpoint": endpoint}
+                for seed in cfg.seeds:
+                    ep = out / "adapters" / endpoint / f"seed{seed}" if endpoint in cfg.methods else endpoint
+                    p = {**params, "endpoint": str(ep), "alpha": a}
+                    sub = f"alpha{a:g}" if len(alphas) > 1 else ""
+                    ad_dir = out / "adapters" / name / sub / f"seed{seed}"
+                    run_dir = out / "runs" / name / sub / f"seed{seed}"
+                    entry["seeds"][str(seed)] = fit_and_eval(row, name, p, seed, ad_dir, run_dir)
+                runs[row] = entry
+            continue
+        entry = {"seeds": {}}
         for seed in cfg.seeds:
-            method = create_method(name, **cfg.params.get(name, {}))
-            tc = _train_config(method, cfg, seed)
-            # the model's precision is the training precision (fit_method runs and records it)
-            tc = dataclasses.replace(tc, precision=str(base.identity.precision))
             ad_dir = out / "adapters" / name / f"seed{seed}"
-            shots = cfg.shots if method.needs_labels else None
-            # an adapter of the same settings is reused, another refused, a killed one resumed
-            fit_method(
-                name,
-                base,
-                sets.train,
-                ad_dir,
-                cfg=tc,
-                params=cfg.params.get(name, {}),
-                shots=shots,
-                seed=seed,
-                classnames=sets.classnames,
-                progress=progress,
-                extract_options=opts.extract,
-                reuse=True,
-            )
-            # an adapter that rewrites the image encoder gets a fresh model (the base stays clean)
-            model = model_factory() if getattr(method_cls, "adapts_image_encoder", False) else base
-            try:
-                adapter = load_adapter(ad_dir, model)
-            except AdapterMismatchError as e:
-                raise AdapterMismatchError(
-                    f"{e} In a study: this --out holds adapters of another model; use another --out."
-                ) from e
-            if adapter.adapts_image_encoder and model is base:
-                raise RuntimeError(f"{name}: adapter rewrote the shared base model")
-            rec, res = evaluate(
-                out / "runs" / name / f"seed{seed}", model, adapter, adapter.record(ad_dir), method_scores
-            )
-            results[(name, str(seed))] = res
-            rec["adapter"] = str(ad_dir.relative_to(out))
-            rec["train_s"] = (adapter.info.get("metrics") or {}).get("train_s")
-            entry["seeds"][str(seed)] = rec
+            run_dir = out / "runs" / name / f"seed{seed}"
+            entry["seeds"][str(seed)] = fit_and_eval(name, name, params, seed, ad_dir, run_dir)
         runs[name] = entry
 
     study = {
@@ -252,6 +282,10 @@ def _reuse_negatives(specs: list[ScoreSpec], res: dict[str, Any], run_dir: Path)
 
 
 # ---------------------------------------------------------------------------------------------- aggregation
+#: the modality-gap fields aggregated and shown (vlmood.metrics.modality_gap)
+GAP_KEYS = ("gap", "own_cosine", "other_cosine", "margin")
+
+
 def _mean_std(xs: list[float]) -> dict[str, float] | None:
     xs = [x for x in xs if x is not None and not (isinstance(x, float) and math.isnan(x))]
     if not xs:
@@ -273,6 +307,9 @@ def aggregate(
             names = list(results[0].get(kind, {}))
             if names:
                 row[kind] = {n: _mean_std([r[kind][n].get("accuracy") for r in results]) for n in names}
+        gaps = [r.get("modality_gap") or {} for r in results]
+        if all("gap" in g for g in gaps):
+            row["modality_gap"] = {k: _mean_std([g[k] for g in gaps]) for k in GAP_KEYS}
         scores: dict[str, Any] = {}
         skipped = next(iter(entry["seeds"].values()))["skipped_scores"]
         for label in score_labels:
@@ -292,13 +329,13 @@ def aggregate(
     return table
 
 
-def _fmt(ms: dict[str, float] | None, pct: bool = True) -> str:
+def _fmt(ms: dict[str, float] | None, pct: bool = True, digits: int = 1) -> str:
     if ms is None:
         return "n/a"
     f = 100.0 if pct else 1.0
     if ms["n"] > 1:
-        return f"{f * ms['mean']:.1f} ± {f * ms['std']:.1f}"
-    return f"{f * ms['mean']:.1f}"
+        return f"{f * ms['mean']:.{digits}f} ± {f * ms['std']:.{digits}f}"
+    return f"{f * ms['mean']:.{digits}f}"
 
 
 def format_study(study: dict[str, Any]) -> str:
@@ -349,6 +386,18 @@ def format_study(study: dict[str, Any]) -> str:
         for method, row in table.items():
             vals = [_fmt(row.get(k, {}).get(n)) for k, n in acc_cols]
             lines.append(f"| {method} | {_fmt(row['id_accuracy'])} | " + " | ".join(vals) + " |")
+    gap_rows = [(m, row["modality_gap"]) for m, row in table.items() if "modality_gap" in row]
+    if gap_rows:
+        lines += [
+            "",
+            "Modality gap on the ID test set (distance between the mean image and the mean own-class "
+            "text embedding; mean cosine of an image to its own class text and to the other classes):",
+            "",
+            "| method | gap↓ | own cosine | other cosine | margin↑ |",
+            "|---|---|---|---|---|",
+        ]
+        for m, g in gap_rows:
+            lines.append(f"| {m} | " + " | ".join(_fmt(g[k], pct=False, digits=3) for k in GAP_KEYS) + " |")
     skipped = {
         (m, lbl): cell["n/a"]
         for m, row in table.items()

@@ -287,6 +287,17 @@ def matrix_accuracy(matrix: np.ndarray, labels: np.ndarray) -> float:
     return float(np.mean(np.argmax(matrix, axis=1)[keep] == labels[keep]))
 
 
+def _modality_gap(id_fs: FeatureSet, head: H.ClassHead) -> dict[str, Any]:
+    """The ID set's modality gap against the head's class text features
+    (:func:`vlmood.metrics.modality_gap`); ``{"n/a": why}`` for heads without text features."""
+    if head.text_features is None:
+        return {"n/a": f"a {head.kind} head has no class text features"}
+    labels = id_fs.valid_labels()
+    if not (labels >= 0).any():
+        return {"n/a": "the ID set has no labels"}
+    return M.modality_gap(id_fs.get("image"), head.text_features, labels)
+
+
 def _dataset_record(fs: FeatureSet, group: str | None = None) -> dict[str, Any]:
     rec = {
         "name": fs.source.name,
@@ -594,6 +605,7 @@ def _run_eval(
             "feature_kinds": kinds,
         },
         "id_accuracy": id_accuracy,
+        "modality_gap": _modality_gap(id_fs, head),
         "warnings": list(sets.warnings),
         "head": H.head_info(head),
         **({"adapter": opts.adapter_info} if opts.adapter_info else {}),
@@ -749,6 +761,12 @@ def format_table(results: dict[str, Any]) -> str:
     acc = results.get("id_accuracy")
     model = results.get("model", {})
     lines.append(f"model: {model.get('spec') or model.get('arch')}  ID accuracy: {100 * acc:.2f}%")
+    gap = results.get("modality_gap") or {}
+    if "gap" in gap:
+        lines.append(
+            f"modality gap: {gap['gap']:.4f}  cosine to own class {gap['own_cosine']:.4f}, "
+            f"to other classes {gap['other_cosine']:.4f}"
+        )
     for kind_name in ("domain_shift", "held_out"):
         for name, rec in results.get(kind_name, {}).items():
             note = f"  ({rec['note']})" if rec.get("note") else ""

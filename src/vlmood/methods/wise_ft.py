@@ -128,10 +128,36 @@ def zero_shot_tensors(model, info: dict[str, Any], keys: Sequence[str]) -> dict[
     return out
 
 
+def parse_alphas(text: Any) -> list[float]:
+    """``"0,0.25,0.5"`` (or a list of numbers) -> checked alphas, in order, no repeats; ``""`` -> []."""
+    if text is None or (isinstance(text, str) and not text.strip()):
+        return []
+    items = (
+        text.split(",") if isinstance(text, str) else list(text) if isinstance(text, list | tuple) else [text]
+    )
+    out = []
+    for item in items:
+        if isinstance(item, str):
+            try:
+                item = float(item.strip())
+            except ValueError:
+                raise UsageError(
+                    f"WiSE-FT alphas must be numbers in [0, 1] separated by commas (e.g. 0,0.5,1), got {text!r}"
+                ) from None
+        out.append(check_alpha(item))
+    dup = sorted({a for a in out if out.count(a) > 1})
+    if dup:
+        raise UsageError(f"WiSE-FT alphas repeated: {dup}")
+    return out
+
+
 @dataclass
 class WiseFTParams:
     endpoint: str = ""  # a full fine-tune adapter directory (ft, lp-ft, flyp, cma) of this base model
     alpha: float = 0.5  # 0: zero-shot weights, 1: the endpoint's
+    # several alphas, e.g. "0,0.25,0.5,0.75,1": one adapter each (vlmood fit: OUT/alpha<a>/;
+    # vlmood study: one row each, the endpoint given as a method of the study)
+    alphas: str = ""
 
 
 @register_method("wise-ft")
@@ -145,6 +171,7 @@ class WiseFT(Method):
 
     def validate(self) -> None:
         check_alpha(self.params.alpha)
+        self.alphas = parse_alphas(self.params.alphas)
         if not str(self.params.endpoint).strip():
             raise UsageError(
                 "method 'wise-ft' needs the fine-tuned endpoint: --param endpoint=ADAPTER_DIR "
@@ -157,6 +184,12 @@ class WiseFT(Method):
         return TrainConfig(**base)
 
     def fit(self, model, data: TrainData, cfg, out_dir, device, progress=True, resume=False):
+        if self.alphas:
+            raise UsageError(
+                "method 'wise-ft' with alphas writes one adapter per alpha: run it through `vlmood fit` "
+                "(OUT/alpha<a>/ each), `vlmood study` or vlmood.methods.wise_ft.wise_ft_adapters; "
+                "for one adapter give alpha=A"
+            )
         check_base_model(model, "WiSE-FT")
         info, ft = read_endpoint(self.params.endpoint, model)
         if list(info["classnames"]) != list(data.classnames):
@@ -197,7 +230,7 @@ def wise_ft_adapters(
     before any is written."""
     from vlmood.methods.base import fit_method
 
-    values = [check_alpha(a) for a in alphas]
+    values = parse_alphas(list(alphas))
     if not values:
         raise UsageError("WiSE-FT needs at least one alpha in [0, 1]")
     info = read_adapter_info(endpoint)
