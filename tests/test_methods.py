@@ -70,12 +70,13 @@ def _changed(before, after, atol=0.0):
 def test_every_method_module_registers_and_is_tested():
     expected = {"coop", "cocoop", "locoop", "linear-probe", "plp", "ueo"}
     expected |= {"ft", "lp-ft", "flyp", "cma", "wise-ft"}  # tested in test_finetune.py
+    expected |= {"arf"}  # tested in test_arf.py
     assert set(list_methods()) == expected
     infra = {"base", "prompt", "losses"}
     mods = {m.name for m in pkgutil.iter_modules(methods_pkg.__path__)} - infra
     registered_modules = {methods_pkg.METHODS.get(n).__module__.rsplit(".", 1)[-1] for n in list_methods()}
     assert mods == registered_modules
-    with pytest.raises(KeyError, match="registered: cma, cocoop, coop"):
+    with pytest.raises(KeyError, match="registered: arf, cma, cocoop"):
         create_method("nope")
     with pytest.raises(ValueError, match="unknown parameter"):
         create_method("coop", n_ctxx=3)

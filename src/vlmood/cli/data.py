@@ -1,4 +1,4 @@
-"""``vlmood data check|list|prepare|sources|example``: dataset utilities."""
+"""``vlmood data check|list|prepare|sources|example|captions``: dataset utilities."""
 
 from __future__ import annotations
 
@@ -48,6 +48,30 @@ def add_parsers(sub: Any) -> None:
     )
     ex.add_argument("--out", required=True, help="output folder of the example benchmark")
     ex.set_defaults(func=cmd_example)
+    ca = C.add_command(
+        dsub,
+        "captions",
+        help="write a captions file (path,caption) for ARF from the metadata of the prepared data "
+        "(emoji, openclipart, tuxpaint)",
+    )
+    ca.add_argument(
+        "--root",
+        required=True,
+        help="data root holding the prepared sources (ROOT/emoji, ROOT/openclipart, ...)",
+    )
+    ca.add_argument(
+        "--out",
+        default=None,
+        help="captions CSV to write, paths relative to --root (default: ROOT/captions.csv)",
+    )
+    ca.add_argument(
+        "--source",
+        action="append",
+        default=[],
+        choices=["emoji", "openclipart", "tuxpaint"],
+        help="only these prepared sources (repeatable; default: every one found under --root)",
+    )
+    ca.set_defaults(func=cmd_captions)
 
 
 def report_ok(report: Any) -> bool:
@@ -100,4 +124,15 @@ def cmd_example(args: argparse.Namespace) -> int:
 
     path = write_example(args.out)
     print(f"example benchmark written: {path}")
+    return 0
+
+
+def cmd_captions(args: argparse.Namespace) -> int:
+    from vlmood.data.captions import build_captions
+
+    res = build_captions(args.root, args.out, args.source or None)
+    counts = ", ".join(f"{k} {v}" for k, v in res["sources"].items())
+    print(f"captions: {res['out']} ({res['rows']} images: {counts}; paths relative to {res['root']})")
+    if res["not_prepared"]:
+        print(f"not prepared under {res['root']} (skipped): {', '.join(res['not_prepared'])}")
     return 0

@@ -6,7 +6,7 @@ back onto the same base model. See :mod:`vlmood.methods.base` for the artifact f
 """
 
 # each module registers its methods on import
-from vlmood.methods import cocoop, coop, finetune, locoop, probe, ueo, wise_ft  # noqa: F401
+from vlmood.methods import arf, cocoop, coop, finetune, locoop, probe, ueo, wise_ft  # noqa: F401
 from vlmood.methods.base import (
     ADAPTER_FORMAT,
     METHODS,

@@ -124,7 +124,9 @@ def encode_tokens(model, tokens: torch.Tensor) -> torch.Tensor:
     tokens = tokens.to(model.device)
     with model.autocast():
         if hasattr(m, "get_text_features"):  # Hugging Face CLIPModel
-            x = m.get_text_features(input_ids=tokens)
+            # its text model and projection, not get_text_features: that returns a tensor before
+            # transformers 5 and a BaseModelOutputWithPooling from 5 on
+            x = m.text_projection(m.text_model(input_ids=tokens).pooler_output)
         else:  # open_clip CLIP / CustomTextCLIP
             x = m.encode_text(tokens)
     return F.normalize(x.float(), dim=-1)
@@ -353,6 +355,8 @@ class LPFT(_HeadFinetune):
             drop_last=False,
             num_workers=0,
             log_every=cfg.log_every,
+            tensorboard=cfg.tensorboard,
+            extra=dict(cfg.extra),  # what the run's resume check covers covers phase 1 too
         )
 
     def before(self, model, data, cfg, out_dir, device, progress, resume, head):
@@ -381,6 +385,11 @@ class _Contrastive(FullFinetune):
     def lam(self) -> float:
         return 0.0
 
+    def extra_loss(self, model, data):
+        """None, or ``fn(module, batch, image_features, scale) -> (loss, logs)``: terms a subclass
+        adds to the contrastive loss after it is computed (ARF's anchors)."""
+        return None
+
     def loss_fn(self, model, data):
         from vlmood.data.templates import render_prompts
 
@@ -391,6 +400,7 @@ class _Contrastive(FullFinetune):
         starts = torch.cumsum(counts, 0) - counts
         single = bool((counts == 1).all())
         lam = self.lam()
+        extra = self.extra_loss(model, data)
 
         def loss_fn(module, batch):
             labels = batch["label"].cpu()
@@ -405,6 +415,10 @@ class _Contrastive(FullFinetune):
             logs = {"clip_loss": float(clip.detach()), "logit_scale": float(s.detach())}
             if lam:
                 logs["cma_reg"] = float(reg.detach())
+            if extra is not None:
+                more, more_logs = extra(module, batch, f, s)
+                loss = loss + more
+                logs.update(more_logs)
             return loss, logs
 
         return loss_fn

@@ -85,6 +85,11 @@ def read_endpoint(path: str | os.PathLike, model) -> tuple[dict[str, Any], dict[
     from vlmood.utils import sha256_file
 
     d = Path(path)
+    if not d.is_dir():
+        raise AdapterError(
+            f"WiSE-FT endpoint {d} does not exist; pass the folder of a full fine-tune adapter "
+            f"(ft, lp-ft, flyp, cma) of the same base model"
+        )
     info = read_adapter_info(d)
     cls = METHODS.get(info["method"]) if info.get("method") in METHODS else None
     if cls is None or not issubclass(cls, FullFinetune | WiseFT):
@@ -233,7 +238,7 @@ def wise_ft_adapters(
     values = parse_alphas(list(alphas))
     if not values:
         raise UsageError("WiSE-FT needs at least one alpha in [0, 1]")
-    info = read_adapter_info(endpoint)
+    info, _ = read_endpoint(endpoint, model)  # every check before any folder is written
     data = TrainData(list(info["classnames"]), [])
     out = Path(out_dir)
     return [
