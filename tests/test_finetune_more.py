@@ -580,3 +580,62 @@ def test_wise_ft_alpha_0_and_1_give_the_endpoint_models_features(world, uninterr
     zs = template_text_features(base, ads["a0"].classnames, templates)
     assert (ads["a0"].text_features() == zs).all()
     assert (ads["a1"].text_features() == ads["ft"].text_features()).all()
+
+
+def test_cli_fit_wise_ft_alphas_writes_one_adapter_per_alpha(world, uninterrupted, tmp_path, capsys):
+    """`vlmood fit wise-ft --param alphas=...` writes OUT/alpha<a>/ for each alpha (no training
+    data needed), each loadable; alpha 1 holds the endpoint's tensors exactly."""
+    from safetensors.torch import load_file
+
+    from vlmood.cli import main
+
+    endpoint = uninterrupted("ft")
+    out = tmp_path / "wise"
+    args = ["fit", "wise-ft", "--model", "tiny-test", "--param", f"endpoint={endpoint}"]
+    rc = main(args + ["--param", "alphas=0,0.5,1", "--out", str(out), "--no-progress"])
+    text = capsys.readouterr().out
+    assert rc == 0 and "alpha 0.5: adapter" in text
+    assert sorted(p.name for p in out.iterdir()) == ["alpha0", "alpha0.5", "alpha1"]
+    want = load_file(str(endpoint / "adapter.safetensors"))
+    got = load_file(str(out / "alpha1" / "adapter.safetensors"))
+    assert set(got) == set(want) and all(torch.equal(got[k], want[k].float()) for k in want)
+    ad = load_adapter(out / "alpha0.5", load_model("tiny-test"))
+    assert ad.info["params"]["alpha"] == 0.5
+
+
+def test_interrupted_training_with_other_data_or_settings_is_refused(world, uninterrupted, tmp_path):
+    """A checkpoint left by a killed run is continued only by a run of the same fit identity: other
+    shots (other training data) or settings are refused naming what differs, before any work."""
+    import shutil
+
+    from vlmood.errors import UsageError
+
+    out = tmp_path / "ft"
+    shutil.copytree(uninterrupted("ft"), out)
+    for name in ("adapter.json", "adapter.safetensors"):  # as if killed after its last checkpoint
+        (out / name).unlink()
+    assert (out / "train" / "fit_identity.json").is_file()
+    method, params = CASES["ft"]
+
+    def fit(**kw):
+        return fit_method(
+            method,
+            load_model("tiny-test"),
+            world["source"],
+            out,
+            cfg=_cfg(**kw.pop("cfg", {})),
+            params=params,
+            cache_root=tmp_path / "cache",
+            progress=False,
+            reuse=True,
+            **kw,
+        )
+
+    with pytest.raises(
+        UsageError, match="interrupted training with other settings or data.*shots: None -> 2"
+    ):
+        fit(shots=2)
+    with pytest.raises(UsageError, match=r"train\.lr: 0\.001 -> 0\.01"):
+        fit(cfg={"lr": 1e-2})
+    fit()  # the same settings continue the checkpoint to the same adapter
+    assert (out / "adapter.json").is_file()

@@ -531,6 +531,36 @@ def _training_data(data: Any) -> tuple[Any, list[str]]:
     )
 
 
+def _validation_sets(data: Any, val_sets: Any, classnames: list[str]) -> dict[str, Any]:
+    """``{name: ImageSource}`` for :func:`fit`'s ``val_sets``: domain-shift set names of ``data``
+    (the sets of :func:`load_benchmark`), paths, or a mapping of names to sources or paths."""
+    from vlmood.data.base import ImageSource
+    from vlmood.train.data import validation_sets
+
+    if not val_sets:
+        return {}
+    items = list(val_sets.items()) if isinstance(val_sets, Mapping) else [(v, v) for v in val_sets]
+    shift = (
+        {ls.name: ls.source for ls in data.eval_sets.domain_shift} if isinstance(data, BenchmarkSets) else {}
+    )
+    out: dict[str, Any] = {}
+    for name, v in items:
+        if isinstance(v, ImageSource):
+            out[str(name)] = v
+        elif isinstance(v, str) and v in shift:
+            out[str(name)] = shift[v]
+        elif isinstance(v, (str, os.PathLike)) and Path(v).exists():
+            (src,) = validation_sets([str(v)], classnames=classnames, n_classes=len(classnames)).values()
+            out[str(name)] = src
+        else:
+            have = f" (domain-shift sets of the data: {', '.join(shift)})" if shift else ""
+            raise UsageError(
+                f"val_sets: {v!r} is neither a domain-shift set of the training data{have} nor an "
+                "existing labelled folder / list / CSV of the training classes"
+            )
+    return out
+
+
 def fit(
     method: str,
     model: VLM,
@@ -552,6 +582,11 @@ def fit(
     fingerprint: str = "stat",
     progress: bool = True,
     label: str | None = None,
+    val_fraction: float | None = None,
+    val_sets: Sequence[str] | Mapping[str, Any] | None = None,
+    val_every: int | None = None,
+    tensorboard: bool = False,
+    mlflow: bool = False,
 ) -> Adapter:
     """Train adaptation method ``method`` (``vlmood methods``/``vlmood.methods.list_methods()``) on
     the training images and write its adapter artifact to ``out`` (an ``out`` that already holds
@@ -578,20 +613,42 @@ def fit(
             extraction options (``num_workers`` also sets the training DataLoader's workers).
         label: a name for the adapter (adapter.json ``label``), shown by ``vlmood report`` for every
             evaluation of it.
+        val_fraction: hold out this fraction (0 < F < 1) of each class's training images for
+            validation (seeded by ``seed``; with ``shots`` drawn from the images the k-shot split
+            leaves out, so the k-shot training set does not change; without, held out of training).
+        val_sets: more validation sets of the training classes: names of ``data``'s domain-shift
+            sets, labelled folder / list / CSV paths, or ``{name: ImageSource or path}``.
+        val_every: validate every N epochs and after the last (0: never; default 1 when there is
+            something to validate). ``val/id_accuracy`` and ``val/<set>_accuracy`` join the epoch
+            rows of ``out/train/metrics.jsonl``.
+        tensorboard, mlflow: also log the metrics as TensorBoard events (``out/train/tensorboard``)
+            / to an MLflow run (needs ``pip install mlflow``).
 
     UEO's adapter rewrites the image encoder it is loaded onto: it is loaded onto a copy of
     ``model`` (``adapter.model``), and ``model`` stays the base model.
     """
     from vlmood.methods import METHODS, create_method, fit_method, load_adapter
     from vlmood.methods.base import check_shots, train_config
+    from vlmood.train.validation import check_val_fraction, resolve_val_every
 
     params = dict(params or {})
     m = create_method(method, **params)  # unknown names and wrong types refused here
+    val_fraction = check_val_fraction(val_fraction)
     cfg = train_config(
-        m, epochs=epochs, lr=lr, batch_size=batch_size, seed=seed, num_workers=num_workers, overrides=train
+        m,
+        epochs=epochs,
+        lr=lr,
+        batch_size=batch_size,
+        seed=seed,
+        num_workers=num_workers,
+        overrides=train,
+        tensorboard=tensorboard or None,
+        mlflow=mlflow or None,
+        val_every=resolve_val_every(val_every, val_fraction, val_sets),
     )
     check_shots(shots)
     source, classnames = _training_data(data)
+    vsets = _validation_sets(data, val_sets, classnames)
     path = fit_method(
         method,
         model,
@@ -609,6 +666,8 @@ def fit(
         ),
         reuse=True,  # rerunning a notebook cell keeps a finished adapter of the same settings
         label=label,
+        val_fraction=val_fraction,
+        val_sets=vsets,
     )
     rewrites = getattr(METHODS.get(method), "adapts_image_encoder", False)
     return load_adapter(Path(path).absolute(), copy.deepcopy(model) if rewrites else model)

@@ -56,6 +56,47 @@ def add_parsers(sub: Any) -> None:
     ft.add_argument(
         "--tensorboard", action="store_true", help="also log TensorBoard events to OUT/train/tensorboard"
     )
+    ft.add_argument(
+        "--set",
+        dest="train_set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="a training setting (a TrainConfig field; repeatable), e.g. grad_checkpointing=true "
+        "(recompute each transformer block in backward: less memory), strategy=fsdp (under torchrun: "
+        "shard parameters, gradients and optimiser state over the processes), weight_decay=0.01",
+    )
+    add_mlflow_arg(ft)
+    vg = ft.add_argument_group(
+        "validation while training",
+        "scores on held-out training images and domain-shift sets, logged per epoch as val/id_accuracy "
+        "and val/<set>_accuracy in OUT/train/metrics.jsonl (and TensorBoard / MLflow when asked)",
+    )
+    vg.add_argument(
+        "--val-fraction",
+        type=float,
+        default=None,
+        metavar="F",
+        help="hold out this fraction (0 < F < 1) of each class's training images for validation, seeded "
+        "by --seed; with --shots drawn from the images the k-shot split leaves out (the k-shot "
+        "training set does not change), without --shots held out of training (default: none)",
+    )
+    vg.add_argument(
+        "--val-set",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="also validate on this domain-shift set of --benchmark, or a labelled folder / list / CSV "
+        "of the training classes (repeatable)",
+    )
+    vg.add_argument(
+        "--val-every",
+        type=int,
+        default=None,
+        metavar="N",
+        help="validate every N epochs and after the last; 0: never (default: 1 with --val-fraction or "
+        "--val-set, else 0)",
+    )
     for action in ft._actions:  # eval-only data options: hidden here, refused by cmd_fit
         if action.dest in FIT_UNUSED:
             action.help = argparse.SUPPRESS
@@ -107,6 +148,31 @@ def add_parsers(sub: Any) -> None:
     st.set_defaults(func=cmd_study)
 
 
+def add_mlflow_arg(parser: argparse.ArgumentParser) -> None:
+    """``--mlflow`` (``fit``, ``pretrain``)."""
+    parser.add_argument(
+        "--mlflow",
+        action="store_true",
+        help="also log the settings and metrics to an MLflow run named after --out (needs `pip install "
+        "mlflow`; MLFLOW_TRACKING_URI and MLFLOW_EXPERIMENT_NAME choose where it goes)",
+    )
+
+
+def train_settings(items: list[str]) -> dict[str, Any]:
+    """``fit --set KEY=VALUE`` items -> TrainConfig fields (unknown names refused)."""
+    import dataclasses
+
+    from vlmood.params import parse_kv
+    from vlmood.train.engine import TrainConfig
+
+    out = dict(parse_kv(text, "--set") for text in items)
+    valid = {f.name for f in dataclasses.fields(TrainConfig)} - {"extra"}
+    bad = sorted(set(out) - valid)
+    if bad:
+        raise UsageError(f"--set: unknown training setting(s) {bad}; valid: {', '.join(sorted(valid))}")
+    return out
+
+
 def refuse_unused_fit_options(args: argparse.Namespace) -> None:
     for dest, flag in FIT_UNUSED.items():
         if getattr(args, dest, None):
@@ -125,10 +191,12 @@ def cmd_fit(args: argparse.Namespace) -> int:
     from vlmood.params import parse_kv
     from vlmood.train.data import training_source
     from vlmood.train.engine import rank_batch_size
+    from vlmood.train.validation import check_val_fraction, resolve_val_every
 
     refuse_unused_fit_options(args)
     params = dict(parse_kv(text, "--param") for text in args.param)
     method = create_method(args.method, **params)  # unknown names and wrong types refused here
+    val_fraction = check_val_fraction(args.val_fraction)
     cfg = train_config(
         method,
         epochs=args.epochs,
@@ -137,11 +205,16 @@ def cmd_fit(args: argparse.Namespace) -> int:
         seed=args.seed,
         num_workers=args.workers,
         tensorboard=args.tensorboard,
+        overrides=train_settings(args.train_set),
+        mlflow=args.mlflow,
+        val_every=resolve_val_every(args.val_every, val_fraction, args.val_set),
     )
     check_shots(args.shots)
+    if getattr(method, "alphas", None):  # wise-ft with several alphas: one adapter each, nothing trains
+        return fit_wise_ft_alphas(args, method, cfg)
     D.init_distributed()
     rank_batch_size(cfg)  # the global batch must split over the torchrun processes
-    ts = training_source(**C.data_inputs(args))
+    ts = training_source(**C.data_inputs(args), val_sets=args.val_set)
     if D.is_initialized() and C.auto_device(args.device) == "cuda":
         args.device = str(D.default_device())  # one GPU per rank (LOCAL_RANK)
     model = C.load_model(args)
@@ -160,9 +233,36 @@ def cmd_fit(args: argparse.Namespace) -> int:
         extract_options=C.extract_options(args),
         reuse=True,  # a finished adapter of the same settings is kept; other settings are refused
         label=args.label,
+        val_fraction=val_fraction,
+        val_sets=ts.val_sets,
     )
     if D.is_main():
         print(f"adapter: {out}\nevaluate: vlmood eval --model {args.model} --adapter {out} ...")
+    return 0
+
+
+def fit_wise_ft_alphas(args: argparse.Namespace, method, cfg) -> int:
+    """``vlmood fit wise-ft --param endpoint=DIR --param alphas=0,0.5,1 --out OUT``: one adapter
+    per alpha in ``OUT/alpha<a>/`` (the endpoint's class names; no training data is read)."""
+    from vlmood.methods.wise_ft import wise_ft_adapters
+
+    model = C.load_model(args)
+    outs = wise_ft_adapters(
+        model,
+        method.params.endpoint,
+        method.alphas,
+        args.out,
+        cfg=cfg,
+        progress=not args.no_progress,
+        label=args.label,
+    )
+    for a, out in zip(method.alphas, outs, strict=True):
+        print(f"alpha {a:g}: adapter {out}")
+    print(
+        f"evaluate each: vlmood eval --model {args.model} --adapter {outs[0]} ...; "
+        f"or all at once with the endpoint's training: vlmood study --methods zero-shot,<endpoint method>,wise-ft "
+        f"--param wise-ft:endpoint=<endpoint method> --param wise-ft:alphas=..."
+    )
     return 0
 
 

@@ -7,6 +7,7 @@ import json
 from typing import Any
 
 from vlmood.cli import _common as C
+from vlmood.cli.fit import add_mlflow_arg
 from vlmood.defaults import LOCKED_VIEWS
 
 
@@ -57,12 +58,6 @@ def add_parsers(sub: Any) -> None:
     )
     lk.add_argument("--unlock-epochs", type=int, default=6, help="epochs of the unlocked phase")
     lk.add_argument("--unlock-lr", type=float, default=1e-4, help="learning rate of the unlocked phase")
-    lk.add_argument(
-        "--val-fraction",
-        type=float,
-        default=0.3,
-        help="share of the emoji Smileys/People classes held out as the validation split (0: none)",
-    )
     pt.add_argument(
         "--epochs",
         type=int,
@@ -98,12 +93,54 @@ def add_parsers(sub: Any) -> None:
         "--resume", action="store_true", help="continue the run in --out from its last checkpoint"
     )
     pt.add_argument("--no-progress", action="store_true", help="no progress bars")
+    vg = pt.add_argument_group(
+        "validation and logging",
+        "per-epoch validation metrics (val/...) and the training scalars go to OUT/metrics.jsonl, and to "
+        "TensorBoard / MLflow when asked",
+    )
+    vg.add_argument(
+        "--val-fraction",
+        type=float,
+        default=None,
+        metavar="F",
+        help="held out of training for validation: a seeded share of the image-caption pairs, each image "
+        "scored among the held-out captions (default none); with --image-tower the share of the emoji "
+        "Smileys/People classes held out (default 0.3). 0: none",
+    )
+    vg.add_argument(
+        "--val-every",
+        type=int,
+        default=None,
+        metavar="N",
+        help="validate every N epochs and after the last (--image-tower: of each phase; the best validated "
+        "epoch is kept); 0: never (default: 1 when there is a validation split)",
+    )
+    vg.add_argument(
+        "--tensorboard", action="store_true", help="also log TensorBoard events to OUT/tensorboard"
+    )
+    add_mlflow_arg(vg)
     pt.set_defaults(func=cmd_pretrain)
 
 
 def _given(value, default):
     """The option's value, or the recipe's default when it was not given (0 is a value)."""
     return default if value is None else value
+
+
+def _val_options(args: argparse.Namespace, default_fraction: float) -> tuple[float, int]:
+    """(--val-fraction, --val-every) checked: a fraction in [0, 1) (0: none); N >= 0, by default 1
+    when there is something to validate; N > 0 with nothing to validate is refused."""
+    from vlmood.train.engine import check_val_every
+
+    fraction = _given(args.val_fraction, default_fraction)
+    if isinstance(fraction, bool) or not 0.0 <= fraction < 1.0:
+        raise C.UsageError(f"--val-fraction must be in [0, 1) (0: no validation split), got {fraction!r}")
+    if args.val_every is None:
+        return fraction, 1 if fraction else 0
+    every = check_val_every(args.val_every)
+    if every and not fraction:
+        raise C.UsageError(f"--val-every {every} has nothing to validate on: give --val-fraction F (> 0)")
+    return fraction, every
 
 
 def cmd_locked(args: argparse.Namespace) -> int:
@@ -116,6 +153,11 @@ def cmd_locked(args: argparse.Namespace) -> int:
             "--image-tower runs need no --resume: rerun the same command; the cached features (the slow "
             "part) are reused and the projections (minutes) train again"
         )
+    val_fraction, val_every = _val_options(args, 0.3)
+    if args.mlflow:
+        from vlmood.train.metrics_log import require_mlflow
+
+        require_mlflow()
     cfg = LockedConfig(
         data=args.data,
         out=args.out,
@@ -133,10 +175,13 @@ def cmd_locked(args: argparse.Namespace) -> int:
         unlock=args.unlock,
         unlock_epochs=args.unlock_epochs,
         unlock_lr=args.unlock_lr,
-        val_fraction=args.val_fraction,
+        val_fraction=val_fraction,
+        val_every=val_every,
         seed=args.seed,
         device=C.auto_device(args.device),
         workers=args.workers,
+        tensorboard=args.tensorboard,
+        mlflow=args.mlflow,
     )
     summary = train_locked(cfg, progress=not args.no_progress)
     print(json.dumps({k: v for k, v in summary.items() if k != "environment"}, indent=2))
@@ -150,6 +195,7 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
     from vlmood.train.engine import TrainConfig
     from vlmood.train.pretrain import PretrainConfig, pretrain
 
+    val_fraction, val_every = _val_options(args, 0.0)
     D.init_distributed()
     device = C.auto_device(args.device)
     if device == "cuda" and D.is_initialized():
@@ -174,7 +220,11 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
             precision=precision,
             seed=args.seed,
             num_workers=args.workers,
+            val_every=val_every,
+            tensorboard=args.tensorboard,
+            mlflow=args.mlflow,
         ),
+        val_fraction=val_fraction or None,
     )
     summary = pretrain(cfg, resume=args.resume, progress=not args.no_progress)
     if D.is_main():

@@ -117,6 +117,8 @@ class TrainData:
     meta: dict[str, Any] = field(default_factory=dict)
     #: how what the method encodes itself is extracted (cache root, workers, skip_corrupt, ...: UEO)
     extract: ExtractOptions = field(default_factory=ExtractOptions)
+    #: the images held out for validation (``fit_method(val_fraction=...)``): never trained on
+    val_source: ImageSource | None = None
 
     @property
     def cache_root(self) -> str | os.PathLike | None:
@@ -328,6 +330,21 @@ class Method:
     def tensors(self) -> dict[str, torch.Tensor]:
         """The trained tensors that go into ``adapter.safetensors``."""
         raise NotImplementedError
+
+    @property
+    def val_kinds(self) -> tuple[str, ...]:
+        """Image feature kinds the adapter's class head reads (what validation extracts/encodes)."""
+        return ("image",)
+
+    def val_adapter(self, model, classnames: Sequence[str]) -> Adapter:
+        """The adapter of the tensors trained so far, for epoch-end validation
+        (:mod:`vlmood.train.validation`): :meth:`build_adapter` on :meth:`tensors`. It must leave
+        ``model`` as it is, so a method whose adapter writes into the model (``adapts_image_encoder``)
+        overrides it with one built on the model it is training in place."""
+        if self.adapts_image_encoder:
+            raise NotImplementedError(f"method {self.name!r} gives no adapter for validation while training")
+        info = {"method": self.name, "params": self.hparams(), "classnames": list(classnames)}
+        return type(self).build_adapter(model, info, {k: v.detach() for k, v in self.tensors().items()})
 
     @classmethod
     def build_adapter(
@@ -688,10 +705,13 @@ def prepare_data(
     cache_root: str | os.PathLike | None = None,
     progress: bool = True,
     extract_options: ExtractOptions | Mapping[str, Any] | None = None,
+    val_fraction: float | None = None,
 ) -> TrainData:
     """Turn an image source into :class:`TrainData`: few-shot sampling (split file written to
     ``out_dir/split.json`` by rank 0) or a given split file, then cached features of
-    ``method.kinds`` (unless the method runs the image encoder itself). ``extract_options``:
+    ``method.kinds`` (unless the method runs the image encoder itself). ``val_fraction``: a
+    validation split drawn from the images training does not use (``TrainData.val_source``,
+    ``out_dir/val_split.json``; see :mod:`vlmood.train.validation`). ``extract_options``:
     :class:`~vlmood.features.options.ExtractOptions` (or a dict of its fields; ``cache_root``
     given here overrides its cache, ``progress=False`` its bars); they also reach what a method
     that reads images encodes (UEO, through ``TrainData.extract``). With ``skip_corrupt``
@@ -700,8 +720,10 @@ def prepare_data(
     shots = check_shots(shots)
     xo = ExtractOptions.of(extract_options, cache_root=cache_root, progress=False if not progress else None)
     if isinstance(data, TrainData):
-        if shots or split_file:
-            raise UsageError("shots/split_file apply to an image source, not to prepared TrainData")
+        if shots or split_file or val_fraction:
+            raise UsageError(
+                "shots/split_file/val_fraction apply to an image source, not to prepared TrainData"
+            )
         own = data.extract
         x = xo if extract_options is not None and own == ExtractOptions() else own
         x = x.replace(cache_root=cache_root) if x.cache_root is None else x
@@ -714,21 +736,48 @@ def prepare_data(
     if not names:
         raise DataError(f"dataset {source.name!r} has no class names; pass classnames")
     split_path: str | None = None
+    full, used = source, None  # the training split; the images training takes from it (None: all)
     if split_file:
         from vlmood.data.fewshot import load_split
 
-        idx = load_split(split_file, source)
+        used = idx = load_split(split_file, source)
         split_path = str(Path(split_file).absolute())
         source = source.subset(idx)
     elif shots:
         from vlmood.data.fewshot import few_shot_indices, save_split
 
-        idx = few_shot_indices(source.labels, shots, seed, names)
+        used = idx = few_shot_indices(source.labels, shots, seed, names)
         p = out_dir / "split.json"
         if D.is_main():  # the one writer; every rank draws the same indices
             save_split(p, source, idx, {"seed": seed, "shots": shots})
         split_path = str(p.absolute())
         source = source.subset(idx, name=f"{source.name}-{shots}shot-seed{seed}")
+    val_source, val_meta = None, None
+    if val_fraction:
+        from vlmood.data.fewshot import save_split
+        from vlmood.train.validation import validation_indices
+
+        val_idx = validation_indices(full.labels, val_fraction, seed, used)
+        if used is None:  # training on every image: the validation images are held out of it
+            held = set(val_idx)
+            idx = [i for i in range(len(full)) if i not in held]
+            p = out_dir / "split.json"
+            if D.is_main():
+                save_split(p, full, idx, {"seed": seed, "shots": None, "validation": "val_split.json"})
+            split_path = str(p.absolute())
+            source = full.subset(idx, name=f"{full.name}-train-seed{seed}")
+        vp = out_dir / "val_split.json"
+        drawn = "held out of training" if used is None else "from the images the training split leaves out"
+        if D.is_main():
+            save_split(vp, full, val_idx, {"seed": seed, "shots": None, "val_fraction": val_fraction})
+        val_source = full.subset(val_idx, name=f"{full.name}-val-seed{seed}")
+        val_meta = {
+            "fraction": val_fraction,
+            "seed": seed,
+            "n": len(val_idx),
+            "drawn": drawn,
+            "split_file": str(vp.absolute()),
+        }
     labels = np.asarray(source.labels, dtype=np.int64)
     if method.needs_labels and (labels < 0).any():
         raise DataError(
@@ -765,8 +814,10 @@ def prepare_data(
             "seed": seed,
             "source_fingerprint": source_fp,
             **({"skipped": skipped} if skipped else {}),
+            **({"validation": val_meta} if val_meta else {}),
         },
         extract=xo,
+        val_source=val_source,
     )
 
 
@@ -780,9 +831,13 @@ def train_config(
     num_workers: int | None = None,
     tensorboard: bool | None = None,
     overrides: Mapping[str, Any] | None = None,
+    mlflow: bool | None = None,
+    val_every: int | None = None,
 ) -> TrainConfig:
     """The method's paper settings (``method.default_config``) with what was given instead (None:
-    keep the paper's), checked (UsageError): what ``vlmood fit`` and ``vlmood.fit`` train with."""
+    keep the paper's), checked (UsageError): what ``vlmood fit`` and ``vlmood.fit`` train with.
+    ``tensorboard``/``mlflow``: also log to TensorBoard / MLflow; ``val_every``: validate every N
+    epochs (see :func:`fit_method`'s ``val_fraction`` and ``val_sets``)."""
     given = {"epochs": epochs, "batch_size": batch_size, "lr": lr}
     cfg = method.default_config(
         **{**dict(overrides or {}), **{k: v for k, v in given.items() if v is not None}}
@@ -793,6 +848,10 @@ def train_config(
         cfg.num_workers = num_workers  # the training DataLoader (images each step: UEO, augmentation)
     if tensorboard is not None:
         cfg.tensorboard = bool(tensorboard)
+    if mlflow is not None:
+        cfg.mlflow = bool(mlflow)
+    if val_every is not None:
+        cfg.val_every = val_every
     cfg.check()
     return cfg
 
@@ -816,6 +875,8 @@ def fit_method(
     extract_options: ExtractOptions | Mapping[str, Any] | None = None,
     reuse: bool = False,
     label: str | None = None,
+    val_fraction: float | None = None,
+    val_sets: Mapping[str, ImageSource] | Sequence[tuple[str, ImageSource]] | None = None,
 ) -> Path:
     """Train method ``name`` and write its adapter artifact to ``out_dir``; returns ``out_dir``.
 
@@ -835,15 +896,36 @@ def fit_method(
     gradients, and rank 0 alone writes into ``out_dir``. Settings are checked before any work
     (:class:`~vlmood.errors.UsageError`): method parameters, epochs/batch size/lr, shots, an
     ``out_dir`` that is a file, a batch the world size does not divide.
+
+    Validation (:mod:`vlmood.train.validation`): ``val_fraction`` holds a seeded, per-class
+    part of the training split out of training (drawn from the images a k-shot split leaves out,
+    so the k-shot training set does not change; part of the fit identity), ``val_sets`` adds
+    labelled sets of the training classes (domain shift: ``{name: ImageSource}``), and every
+    ``cfg.val_every`` epochs and after the last the adapter as trained so far is scored on them:
+    ``val/id_accuracy``, ``val/<name>_accuracy`` in ``out_dir/train/metrics.jsonl`` (and
+    TensorBoard / MLflow with ``cfg.tensorboard`` / ``cfg.mlflow``). It never changes what trains.
     """
+    from vlmood.train.validation import (
+        check_val_fraction,
+        check_val_sets,
+        check_validates,
+        resolve_val_every,
+    )
+
     method = create_method(name, **(params or {}))
     cfg = cfg if cfg is not None else method.default_config()
     extract_options = ExtractOptions.of(extract_options, cache_root=cache_root)
     out = check_folder_path(out_dir)  # the adapter directory: not a file
     shots = check_shots(shots)
+    val_fraction = check_val_fraction(val_fraction)
+    val_sets = check_val_sets(val_sets)
+    if resolve_val_every(cfg.val_every, val_fraction, val_sets):  # asked with nothing to validate: refused
+        check_validates(method)
     _check_run(cfg, model)  # settings, batch / world size, precision: before any work
     seed = cfg.seed if seed is None else seed
-    ident = fit_identity(method, cfg, model, data, shots, seed, classnames, extract_options)
+    ident = fit_identity(
+        method, cfg, model, data, shots, seed, classnames, extract_options, val_fraction=val_fraction
+    )
     if reuse and D.broadcast_object(_same_adapter(out, ident) if D.is_main() else None):
         log.info("%s: reusing the adapter trained with the same settings", out)
         return out
@@ -854,8 +936,11 @@ def fit_method(
     resume = (resume or reuse) and has_checkpoint  # with reuse, a killed training continues
     created = D.is_main() and not out.exists()
     if D.is_main():
+        _check_training_identity(out, ident)  # a checkpoint of other settings or data is refused
         out.mkdir(parents=True, exist_ok=True)
     try:
+        if D.is_main():
+            atomic_write_json(out / "train" / TRAIN_IDENTITY, ident)
         td = prepare_data(
             method,
             model,
@@ -868,6 +953,7 @@ def fit_method(
             cache_root,
             progress,
             extract_options,
+            val_fraction=val_fraction,
         )
         if method.needs_images and td.source is None:
             raise DataError(
@@ -876,9 +962,15 @@ def fit_method(
         dev = torch.device(device) if device is not None else model.device
         cfg, run = resolve_train_config(cfg, len(td), model)
         run["device"] = str(dev)
+        validator = _validator(method, model, td, val_sets, cfg)
         t0 = time.perf_counter()
-        metrics = method.fit(model, td, cfg, out / "train", dev, progress=progress, resume=resume)
+        from vlmood.train.validation import validating
+
+        with validating(validator):
+            metrics = method.fit(model, td, cfg, out / "train", dev, progress=progress, resume=resume)
         metrics = {"train_s": time.perf_counter() - t0, **(metrics or {})}
+        if validator is not None and validator.calls == 0 and D.is_main():
+            log.warning("method %r did not train with the engine: nothing was validated", method.name)
         if D.is_main():
             save_adapter(
                 out,
@@ -905,6 +997,24 @@ def fit_method(
     return out
 
 
+def _validator(method: Method, model, td: TrainData, val_sets: dict[str, ImageSource], cfg: TrainConfig):
+    """The engine's validation callable for this fit (None without validation); records the
+    validation in ``td.meta["validation"]`` (adapter.json ``data.validation``)."""
+    from vlmood.train.validation import Validator
+
+    sets = {**({"id": td.val_source} if td.val_source is not None else {}), **val_sets}
+    if not sets:
+        return None
+    rec = dict(td.meta.get("validation") or {})
+    rec["every"] = cfg.val_every
+    if val_sets:
+        rec["sets"] = {k: {"name": s.name, "origin": str(s.origin), "n": len(s)} for k, s in val_sets.items()}
+    td.meta["validation"] = rec
+    if not cfg.val_every:
+        return None
+    return Validator.prepare(method, model, td.classnames, sets, td.extract)
+
+
 def _data_fingerprint(data: TrainData | ImageSource, extract_options: ExtractOptions) -> str:
     source = data if isinstance(data, ImageSource) else data.source
     if source is not None:
@@ -925,10 +1035,12 @@ def fit_identity(
     seed: int,
     classnames: Sequence[str] | None,
     extract_options: ExtractOptions,
+    val_fraction: float | None = None,
 ) -> dict[str, Any]:
     """What decides a trained adapter, and its key (``sha256_json`` of the rest): the method and
-    its parameters, the training settings as asked (run-only ones such as workers and logging
-    left out), shots, seed, class names, the training data's fingerprint and the base model."""
+    its parameters, the training settings as asked (run-only ones such as workers, logging and
+    how often to validate left out), shots, seed, class names, the training data's fingerprint,
+    the base model and, when one is held out, the validation fraction."""
     train = {k: v for k, v in dataclasses.asdict(cfg).items() if k not in RUN_ONLY_SETTINGS}
     train["seed"] = seed
     names = classnames if classnames is not None else getattr(data, "classnames", None)
@@ -942,6 +1054,7 @@ def fit_identity(
                 "classnames": sha256_json(list(names or [])),
                 "data": _data_fingerprint(data, extract_options),
                 "base_model": model.identity.key,
+                **({"val_fraction": val_fraction} if val_fraction else {}),
             },
             default=str,
         )
@@ -949,19 +1062,28 @@ def fit_identity(
     return {"key": sha256_json(ident), **ident}
 
 
-def _same_adapter(out: Path, ident: dict[str, Any]) -> bool:
-    """True when ``out`` holds an adapter of identity ``ident``; False when it holds none; an
-    adapter of another identity is refused with what differs (UsageError)."""
-    if not (out / "adapter.json").is_file():
-        return False
-    have = read_adapter_info(out).get("fit_identity")
-    if have is None:
+#: the fit identity of the training in ``OUT/train`` (a resumed checkpoint must match it)
+TRAIN_IDENTITY = "fit_identity.json"
+
+
+def _check_training_identity(out: Path, ident: dict[str, Any]) -> None:
+    """Refuse to continue a training (its checkpoints, LP-FT's first phase included) that was
+    started with other settings or data than ``ident``."""
+    f = out / "train" / TRAIN_IDENTITY
+    if not f.is_file():
+        return
+    try:
+        have = json.loads(f.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        have = {}
+    if have.get("key") != ident["key"]:
         raise UsageError(
-            f"{out} holds an adapter written without a fit identity (an older vlmood); delete that folder "
-            "to train it again, or use another --out"
+            f"{out / 'train'} holds an interrupted training with other settings or data than asked "
+            f"({_identity_diff(have, ident)}); use another --out, or delete {out} to start afresh"
         )
-    if have.get("key") == ident["key"]:
-        return True
+
+
+def _identity_diff(have: dict[str, Any], ident: dict[str, Any]) -> str:
     diff = []
     for k, w in ident.items():
         h = have.get(k)
@@ -977,8 +1099,24 @@ def _same_adapter(out: Path, ident: dict[str, Any]) -> bool:
             diff.append(
                 f"{k}: {h!r} -> {w!r}" if k not in ("data", "classnames", "base_model") else f"{k} differs"
             )
+    return "; ".join(diff) or "unreadable identity file"
+
+
+def _same_adapter(out: Path, ident: dict[str, Any]) -> bool:
+    """True when ``out`` holds an adapter of identity ``ident``; False when it holds none; an
+    adapter of another identity is refused with what differs (UsageError)."""
+    if not (out / "adapter.json").is_file():
+        return False
+    have = read_adapter_info(out).get("fit_identity")
+    if have is None:
+        raise UsageError(
+            f"{out} holds an adapter written without a fit identity (an older vlmood); delete that folder "
+            "to train it again, or use another --out"
+        )
+    if have.get("key") == ident["key"]:
+        return True
     raise UsageError(
-        f"{out} holds an adapter trained with other settings than asked ({'; '.join(diff)}); "
+        f"{out} holds an adapter trained with other settings than asked ({_identity_diff(have, ident)}); "
         "use another --out or delete that folder"
     )
 
@@ -994,8 +1132,10 @@ def run_engine(
     resume: bool,
     param_groups: list[dict] | None = None,
 ) -> list[dict[str, Any]]:
-    """The shared engine (``vlmood.train.engine.Trainer``) with the method's module and loss."""
+    """The shared engine (``vlmood.train.engine.Trainer``) with the method's module and loss; inside
+    :func:`fit_method` with validation asked, it validates every ``cfg.val_every`` epochs."""
     from vlmood.train.engine import Trainer
+    from vlmood.train.validation import active_validator
 
     trainer = Trainer(
         module,
@@ -1007,6 +1147,7 @@ def run_engine(
         progress=progress,
         param_groups=param_groups,
         collate_fn=batch_collate if isinstance(dataset, ArrayDataset) else None,
+        validate=active_validator() if cfg.val_every else None,
     )
     return trainer.fit(resume=resume)
 
@@ -1015,7 +1156,9 @@ def epoch_summary(history: list[dict[str, Any]]) -> dict[str, Any]:
     if not history:
         return {}
     keys = [
-        k for k, v in history[-1].items() if isinstance(v, float) and k not in ("time_s", "samples_per_s")
+        k
+        for k, v in history[-1].items()
+        if isinstance(v, float) and k not in ("time_s", "samples_per_s", "val/time_s")
     ]
     return {
         "epochs": len(history),

@@ -402,19 +402,28 @@ class _Contrastive(FullFinetune):
         lam = self.lam()
         extra = self.extra_loss(model, data)
 
+        on_device: dict[torch.device, tuple[torch.Tensor, ...]] = {}
+
         def loss_fn(module, batch):
-            labels = batch["label"].cpu()
+            # captions picked on the labels' device and logs left as tensors (the engine reads them
+            # after its step's one sync): no host sync inside the forward
+            labels = batch["label"]
+            dev = labels.device
+            if dev not in on_device:
+                on_device[dev] = (tokens.to(dev), starts.to(dev), counts.to(dev))
+            tok, st, cnt = on_device[dev]
             if single:
-                rows = starts[labels]
-            else:  # one caption per image, drawn with the engine's per-epoch seeded RNG
-                rows = starts[labels] + (torch.rand(len(labels)) * counts[labels]).long()
+                rows = st[labels]
+            else:  # one caption per image, drawn with the engine's per-epoch seeded (CPU) RNG
+                u = torch.rand(len(labels)).to(dev, non_blocking=True)
+                rows = st[labels] + (u * cnt[labels]).long()
             f = module.image(batch["pixels"])
-            t = module.text(tokens[rows])
+            t = module.text(tok[rows])
             s = module.scale()
             loss, clip, reg = cma_loss(f, t, s, lam)
-            logs = {"clip_loss": float(clip.detach()), "logit_scale": float(s.detach())}
+            logs = {"clip_loss": clip.detach(), "logit_scale": s.detach()}
             if lam:
-                logs["cma_reg"] = float(reg.detach())
+                logs["cma_reg"] = reg.detach()
             if extra is not None:
                 more, more_logs = extra(module, batch, f, s)
                 loss = loss + more

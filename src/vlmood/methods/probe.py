@@ -91,6 +91,10 @@ class _ProbeBase(Method):
     def kinds(self) -> tuple[str, ...]:  # type: ignore[override]
         return (self.params.feature,)
 
+    @property
+    def val_kinds(self) -> tuple[str, ...]:
+        return (self.params.feature,)  # the head reads these features
+
     def validate(self) -> None:
         if self.params.feature not in ("image", "preproj"):
             raise UsageError(f"probe feature {self.params.feature!r}; choose image or preproj")

@@ -204,6 +204,11 @@ class UEO(Method):
         out.update({f"visual.{n}": v for n, v in self.trained.items()})
         return out
 
+    def val_adapter(self, model, classnames):
+        """Mid-training: the visual norms train in place in ``model``, so only the prompt is built."""
+        info = {"method": self.name, "params": self.hparams(), "classnames": list(classnames)}
+        return PromptAdapter(model, info, {"ctx": self.learner.ctx.detach()})
+
     def hparams(self) -> dict[str, Any]:
         d = super().hparams()
         # what PromptAdapter needs to rebuild the prompt

@@ -14,11 +14,16 @@ Paths, class-name mapping (by folder name, explicit mapping files, ``classnames_
 ``root`` for lists and the outside-root checks are the data layer's
 (:func:`vlmood.data.sources.load_source`, :func:`vlmood.eval.sets.sets_from_benchmark`), so
 ``fit`` reads data exactly as ``eval`` does.
+
+``val_sets`` (``vlmood fit --val-set``): validation sets of the training classes, each a
+domain-shift set of ``benchmark`` by name or a labelled folder / list / CSV whose classes are
+mapped onto the training class names as ``train`` is (:func:`validation_sets`).
 """
 
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -34,6 +39,8 @@ class TrainingSet:
     classnames: list[str]
     origin: str  # where the images and names came from (for messages and records)
     meta: dict[str, Any] = field(default_factory=dict)
+    #: validation sets of the training classes by name (``--val-set``; domain shift)
+    val_sets: dict[str, ImageSource] = field(default_factory=dict)
 
 
 def training_source(
@@ -46,9 +53,10 @@ def training_source(
     classnames_order: str | None = None,
     allow_outside_root: bool = False,
     skip_missing: bool = False,
+    val_sets: Sequence[str] = (),
 ) -> TrainingSet:
-    """Resolve the training images (see the module docstring); DataError/UsageError naming the
-    input when they cannot be read, before any model is loaded."""
+    """Resolve the training images (and ``val_sets``, see the module docstring); DataError /
+    UsageError naming the input when they cannot be read, before any model is loaded."""
     from vlmood.data.sources import check_files_exist, load_source
 
     kw: dict[str, Any] = {"allow_outside_root": allow_outside_root}
@@ -86,7 +94,89 @@ def training_source(
             )
         ts = TrainingSet(src, names, origin)
     check_files_exist(ts.source, "train", allow_missing=skip_missing)
+    if val_sets:
+        spec = ts.source.meta.get("classnames_spec") or ts.classnames
+        ts.val_sets = validation_sets(
+            val_sets,
+            benchmark=benchmark,
+            root=root,
+            classnames=spec,
+            n_classes=len(ts.classnames),
+            classnames_order=classnames_order,
+            allow_outside_root=allow_outside_root,
+        )
+        for name, src in ts.val_sets.items():
+            check_files_exist(src, f"validation set {name}", allow_missing=skip_missing)
     return ts
+
+
+def validation_sets(
+    specs: Sequence[str],
+    *,
+    benchmark: str | None = None,
+    root: str | os.PathLike | None = None,
+    classnames: Any = None,
+    n_classes: int | None = None,
+    classnames_order: str | None = None,
+    allow_outside_root: bool = False,
+) -> dict[str, ImageSource]:
+    """``{name: source}`` of ``--val-set`` values: a domain-shift set of ``benchmark`` by name, or a
+    labelled folder / list / CSV of the training classes (``classnames``: their names or mapping,
+    as for ``--train``). UsageError for a name that is neither."""
+    from pathlib import Path
+
+    from vlmood.data.sources import load_source, split_kind
+
+    bench = None
+    shift: list[str] = []
+    if benchmark:
+        from vlmood.data.benchmarks import load_benchmark
+
+        bench = load_benchmark(benchmark)
+        shift = [s.name for s in bench.domain_shift]
+    out: dict[str, ImageSource] = {}
+    by_bench = [s for s in dict.fromkeys(specs) if s in shift]
+    if by_bench:
+        from vlmood.eval.sets import sets_from_benchmark
+
+        es = sets_from_benchmark(
+            benchmark,
+            root,
+            only=by_bench,
+            allow_outside_root=allow_outside_root,
+            classnames_order=classnames_order,
+        ).eval_sets
+        out.update({ls.name: ls.source for ls in es.domain_shift if ls.name in by_bench})
+    for spec in dict.fromkeys(specs):
+        if spec in out:
+            continue
+        _kind, path = split_kind(str(spec))
+        if not Path(path).exists():
+            where = (
+                f"benchmark {bench.name!r} has no domain-shift set of that name (its domain-shift sets: "
+                f"{', '.join(shift) or 'none'})"
+                if bench is not None
+                else "give a domain-shift set of --benchmark by name"
+            )
+            raise UsageError(
+                f"--val-set {spec}: {where}, and no such path (a labelled folder, list or CSV of the "
+                "training classes)"
+            )
+        kw: dict[str, Any] = {"allow_outside_root": allow_outside_root}
+        if classnames_order is not None:
+            kw["classnames_order"] = classnames_order
+        src = load_source(spec, root=root, classnames=classnames, name=Path(path).stem or str(spec), **kw)
+        if all(label < 0 for label in src.labels):
+            raise UsageError(
+                f"--val-set {spec}: its images have no labels; give a labelled class folder, list or CSV"
+            )
+        if n_classes is not None and src.classnames and len(src.classnames) != n_classes:
+            raise DataError(
+                f"--val-set {spec}: {len(src.classnames)} classes, the training data {n_classes}; a "
+                "validation set holds images of the training classes"
+            )
+        out[str(spec)] = src
+    return out
 
 
 def _from_benchmark(

@@ -18,6 +18,7 @@ summation order) and ``steps_per_epoch``, warmup in epochs and the schedule do n
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
@@ -35,6 +36,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 
 from vlmood import distributed as D
 from vlmood.errors import RunError, UsageError, VlmoodError
+from vlmood.train.metrics_log import MetricsLog
 from vlmood.utils import atomic_path, atomic_write_text, sha256_json
 
 log = logging.getLogger(__name__)
@@ -51,7 +53,16 @@ class ResumeError(VlmoodError, ValueError):
 
 
 #: training settings that change how a run goes or logs, not what it computes
-RUN_ONLY_SETTINGS = ("num_workers", "log_every", "tensorboard")
+#: (grad_checkpointing and strategy: how it uses memory and devices, see vlmood.train.sharding)
+RUN_ONLY_SETTINGS = (
+    "num_workers",
+    "log_every",
+    "tensorboard",
+    "mlflow",
+    "val_every",
+    "grad_checkpointing",
+    "strategy",
+)
 
 
 @dataclass
@@ -78,6 +89,10 @@ class TrainConfig:
     drop_last: bool = True
     extra: dict[str, Any] = field(default_factory=dict)  # method settings, checked on resume too
     tensorboard: bool = False  # also write the logged scalars as TensorBoard events (out/tensorboard)
+    mlflow: bool = False  # also log them to an MLflow run (needs the mlflow package)
+    val_every: int = 0  # run the Trainer's ``validate`` every N epochs and after the last (0: never)
+    grad_checkpointing: bool = False  # recompute each transformer block in backward (less memory)
+    strategy: str = "ddp"  # ddp | fsdp: how torchrun ranks share the module (vlmood.train.sharding)
 
     def check(self) -> None:
         """Refuse settings that cannot train (UsageError naming the setting)."""
@@ -95,6 +110,14 @@ class TrainConfig:
             raise UsageError(f"warmup_steps must be an integer >= 0, got {self.warmup_steps!r}")
         if self.precision not in PRECISIONS:
             raise UsageError(f"unknown precision {self.precision!r}; choose {', '.join(PRECISIONS)}")
+        check_val_every(self.val_every)
+        from vlmood.train.sharding import check_strategy
+
+        check_strategy(self)
+        if self.mlflow:
+            from vlmood.train.metrics_log import require_mlflow
+
+            require_mlflow()
 
     def identity(self) -> str:
         d = asdict(self)
@@ -104,6 +127,21 @@ class TrainConfig:
 
 
 PRECISIONS = ("fp32", "bf16", "fp16")
+
+
+def check_val_every(every: Any) -> int:
+    """``--val-every``: an integer >= 0 (0: no validation), else UsageError."""
+    if isinstance(every, bool) or not isinstance(every, int) or every < 0:
+        raise UsageError(
+            f"--val-every must be an integer >= 0 (validate every N epochs and after the last; 0: never), "
+            f"got {every!r}"
+        )
+    return every
+
+
+def validation_due(epoch: int, every: int, epochs: int) -> bool:
+    """Whether epoch ``epoch`` (1-based) of ``epochs`` validates: every ``every``-th and the last."""
+    return every > 0 and (epoch % every == 0 or epoch == epochs)
 
 
 def batches_per_epoch(n: int, cfg: TrainConfig) -> int:
@@ -221,6 +259,17 @@ def _mean_over_ranks(values: dict[str, Any]) -> dict[str, Any]:
     return {**values, **dict(zip(keys, means))}
 
 
+@contextlib.contextmanager
+def kept_modes(*modules: torch.nn.Module):
+    """Restore every submodule's train/eval flag on exit (validation may switch them to eval)."""
+    flags = [(m, m.training) for module in modules for m in module.modules()]
+    try:
+        yield
+    finally:
+        for m, training in flags:
+            m.training = training
+
+
 class _LossModule(torch.nn.Module):
     """Runs ``loss_fn(module, batch)`` inside ``forward`` so that DDP (which wraps this module) sees
     a forward pass and synchronises gradients, whatever parts of the model the loss calls."""
@@ -241,6 +290,14 @@ class Trainer:
 
     ``loss_fn(module, batch) -> (loss, logs)`` gets the plain module and a batch already moved to the
     device; under DDP it runs inside the DDP-wrapped forward, so gradients are synchronised.
+
+    ``validate(trainer) -> {name: number}`` (optional) runs at the end of every ``cfg.val_every``-th
+    epoch and of the last (:func:`validation_due`), on rank 0 only, after the epoch's training and
+    before its checkpoint; its numbers join the epoch's row (``val/...`` keys by convention) in
+    ``metrics.jsonl``, TensorBoard and MLflow. It runs under ``torch.no_grad`` with the RNG states
+    (torch CPU/CUDA, ``random``, numpy) saved and restored and every module's train/eval mode
+    restored after it, so it changes nothing the training computes: a run with validation trains
+    the same tensors as one without, and a resume reproduces it.
     """
 
     def __init__(
@@ -255,8 +312,10 @@ class Trainer:
         param_groups: list[dict] | None = None,
         progress: bool = True,
         on_epoch_end: Callable[[int, Trainer], dict[str, float] | None] | None = None,
+        validate: Callable[[Trainer], dict[str, float]] | None = None,
     ) -> None:
         self.cfg = cfg
+        self.validate = validate
         self.device = torch.device(device)
         self.out = Path(out_dir)
         self.module = module.to(self.device)
@@ -269,14 +328,22 @@ class Trainer:
         if not trainable:
             raise ValueError("nothing to train: no parameter of the module requires grad")
         self.param_names = [n for n, p in module.named_parameters() if p.requires_grad]
-        self.optimizer = build_optimizer(param_groups or trainable, cfg)
         self.wrapped: torch.nn.Module = _LossModule(module, loss_fn)
-        if D.is_initialized() and D.world_size() > 1:
+        self._fsdp = None  # strategy fsdp: vlmood.train.sharding.FSDPRun (self.module is its copy)
+        if cfg.strategy == "fsdp" and D.is_initialized():
+            from vlmood.train.sharding import FSDPRun, check_strategy
+
+            check_strategy(cfg)
+            self._fsdp = FSDPRun(self.wrapped, self.device)
+            self.wrapped, self.module = self._fsdp.root, self._fsdp.module
+            trainable, param_groups = self._fsdp.trainable(), self._fsdp.param_groups(param_groups)
+        elif D.is_initialized() and D.world_size() > 1:
             self.wrapped = torch.nn.parallel.DistributedDataParallel(
                 self.wrapped, device_ids=[self.device.index] if self.device.type == "cuda" else None
             )
+        self.optimizer = build_optimizer(param_groups or trainable, cfg)
         self.scaler = torch.amp.GradScaler("cuda") if cfg.precision == "fp16" else None
-        self._tb = None
+        self._metrics_log: MetricsLog | None = None  # open during fit, rank 0
         self.epoch = 0  # epochs completed
         self.step = 0  # optimiser steps taken
         cfg.check()
@@ -302,20 +369,26 @@ class Trainer:
         return self.out / CHECKPOINT_NAME
 
     def trainable_state(self) -> dict[str, torch.Tensor]:
+        if self._fsdp is not None:  # full tensors gathered from the shards (every rank; rank 0 keeps them)
+            return self._fsdp.full_params(self.param_names)
         sd = self.module.state_dict()
         return {n: sd[n].detach().clone() for n in self.param_names}
 
     def save_checkpoint(self) -> None:
+        if self._fsdp is not None:  # gathering the full tensors takes every rank
+            params, optim = self.trainable_state(), self._fsdp.full_optimizer_state(self.optimizer)
         if not D.is_main():
             return
+        if self._fsdp is None:
+            params, optim = self.trainable_state(), self.optimizer.state_dict()
         state = {
             "format": 1,
             "config_identity": self.cfg.identity(),
             "epoch": self.epoch,
             "step": self.step,
-            "params": self.trainable_state(),
+            "params": params,
             "buffers": {n: b.detach().clone() for n, b in self.module.named_buffers()},
-            "optimizer": self.optimizer.state_dict(),
+            "optimizer": optim,
             "scaler": self.scaler.state_dict() if self.scaler is not None else None,
             # epoch rows so far: a resumed run returns (and summarises) the whole run's history
             "history": list(getattr(self, "_history", [])),
@@ -348,12 +421,18 @@ class Trainer:
         with torch.no_grad():
             own = dict(self.module.named_parameters())
             for n in self.param_names:
-                own[n].copy_(state["params"][n])
+                if self._fsdp is None:
+                    own[n].copy_(state["params"][n])
+            if self._fsdp is not None:  # full tensors -> this rank's shards
+                self._fsdp.load_params(state["params"], self.param_names)
             bufs = dict(self.module.named_buffers())
             for n, b in state.get("buffers", {}).items():
                 if n in bufs:
                     bufs[n].copy_(b)
-        self.optimizer.load_state_dict(state["optimizer"])
+        if self._fsdp is not None:
+            self._fsdp.load_optimizer_state(self.optimizer, state["optimizer"])
+        else:
+            self.optimizer.load_state_dict(state["optimizer"])
         if self.scaler is not None and state.get("scaler"):
             self.scaler.load_state_dict(state["scaler"])
         self.epoch, self.step = int(state["epoch"]), int(state["step"])
@@ -369,25 +448,21 @@ class Trainer:
         return self.out / "metrics.jsonl"
 
     def _log(self, row: dict[str, Any]) -> None:
-        if not D.is_main():
-            return
-        with open(self.log_path, "a", encoding="utf-8") as f:
-            f.write(json.dumps(row) + "\n")
-        if self._tb is not None:
-            for k, v in row.items():
-                if k not in ("kind", "epoch", "step") and isinstance(v, int | float):
-                    self._tb.add_scalar(f"{row.get('kind', 'log')}/{k}", v, row.get("step", 0))
-            self._tb.flush()
+        """metrics.jsonl, and TensorBoard / MLflow when asked (:class:`MetricsLog`; rank 0)."""
+        if self._metrics_log is not None:
+            self._metrics_log.log(row)
 
-    def _open_tensorboard(self):
-        if not (self.cfg.tensorboard and D.is_main()):
+    def _open_metrics_log(self, resume: bool) -> MetricsLog | None:
+        if not D.is_main():
             return None
-        try:
-            from torch.utils.tensorboard import SummaryWriter
-        except ImportError as e:
-            raise ValueError("tensorboard=True needs the tensorboard package: pip install tensorboard") from e
-        # purge_step: events a killed run wrote after its last checkpoint are dropped on resume
-        return SummaryWriter(log_dir=str(self.out / "tensorboard"), purge_step=self.step or None)
+        return MetricsLog(
+            self.out,
+            tensorboard=self.cfg.tensorboard,
+            mlflow=self.cfg.mlflow,
+            step=self.step,
+            params=asdict(self.cfg),
+            resume=resume,
+        )
 
     def _truncate_log(self) -> None:
         """Drop log rows written after the checkpoint we resume from (they will be redone)."""
@@ -436,6 +511,9 @@ class Trainer:
 
     def fit(self, resume: bool = False) -> list[dict[str, Any]]:
         """Train to ``cfg.epochs``; with ``resume`` continue from ``last.pt``. Returns epoch logs."""
+        if self.validate is not None and self.cfg.val_every and getattr(self, "_fsdp", None) is not None:
+            # rank 0 validates alone, but a sharded module's forward needs every rank
+            raise UsageError("validation while training (--val-every) does not run with --strategy fsdp yet")
         if D.is_main():  # rank 0 is the only writer (checkpoint, config, metrics)
             self.out.mkdir(parents=True, exist_ok=True)
         self._history = []
@@ -456,13 +534,43 @@ class Trainer:
             atomic_write_text(
                 self.out / "config.json", json.dumps(asdict(self.cfg), indent=2, default=str) + "\n"
             )
-        self._tb = self._open_tensorboard()
+        self._metrics_log = self._open_metrics_log(resume)
+        uncheckpoint = None
+        if self.cfg.grad_checkpointing:  # on the blocks for this fit only (removed below)
+            from vlmood.train.sharding import enable_grad_checkpointing
+
+            uncheckpoint = enable_grad_checkpointing(self.module)
         try:
-            return self._fit_loop()
+            with self._metrics_log or contextlib.nullcontext():  # closes TensorBoard, ends MLflow
+                history = self._fit_loop()
+            if self._fsdp is not None:  # every rank: the full trained tensors into the caller's module
+                self._fsdp.write_back(self.param_names)
+            return history
         finally:
-            if self._tb is not None:
-                self._tb.close()
-                self._tb = None
+            self._metrics_log = None
+            if uncheckpoint is not None:
+                uncheckpoint()
+
+    def _run_validation(self) -> dict[str, Any]:
+        """``self.validate(self)`` on rank 0 (the other ranks go on to the checkpoint barrier),
+        without side effects on the training: no gradients, RNG states and module modes restored."""
+        if not D.is_main() or self.validate is None:
+            return {}
+        import numpy as np
+
+        py_state, np_state = random.getstate(), np.random.get_state()
+        devices = []
+        if self.device.type == "cuda":
+            devices = [self.device.index if self.device.index is not None else torch.cuda.current_device()]
+        t0 = time.perf_counter()
+        try:
+            with torch.random.fork_rng(devices=devices), torch.no_grad(), kept_modes(self.module):
+                out = dict(self.validate(self) or {})
+        finally:
+            random.setstate(py_state)
+            np.random.set_state(np_state)
+        out.setdefault("val/time_s", time.perf_counter() - t0)
+        return out
 
     def _fit_loop(self) -> list[dict[str, Any]]:
         from tqdm.auto import tqdm
@@ -495,6 +603,13 @@ class Trainer:
                 batch = self._to_device(batch)
                 with _autocast(self.device, cfg.precision):
                     loss, logs = self.wrapped(batch)
+                scaled = loss / cfg.grad_accum
+                if self.scaler is not None:
+                    self.scaler.scale(scaled).backward()
+                else:
+                    scaled.backward()
+                # checked after queueing the backward, before the optimiser step: the step's one host
+                # sync then waits for work already queued instead of holding back the backward's launch
                 finite = torch.isfinite(loss.detach()).all().float()
                 if D.is_initialized() and D.world_size() > 1:  # every rank stops together
                     D.all_reduce_min(finite)
@@ -504,11 +619,7 @@ class Trainer:
                         f"The last good checkpoint is {self.checkpoint_path if self.checkpoint_path.exists() else '(none yet)'}; "
                         f"lower the learning rate or check the data."
                     )
-                scaled = loss / cfg.grad_accum
-                if self.scaler is not None:
-                    self.scaler.scale(scaled).backward()
-                else:
-                    scaled.backward()
+                logs = {k: float(v) for k, v in logs.items()}  # a loss_fn may log tensors: no sync in it
                 micro += 1
                 n_batches += 1
                 for k, v in {"loss": float(loss.detach()), **logs}.items():
@@ -551,6 +662,8 @@ class Trainer:
             }
             if self.on_epoch_end is not None:
                 row.update(self.on_epoch_end(epoch, self) or {})
+            if self.validate is not None and validation_due(epoch + 1, cfg.val_every, cfg.epochs):
+                row.update(self._run_validation())
             self._log(row)
             history.append(row)
             (log.info if D.is_main() else log.debug)(

@@ -21,6 +21,10 @@ black drawings of all of them (domain shift). The best epoch by the mean of the 
 
 The run folder holds ``pairs_used.csv``/``pairs_excluded.csv``, ``validation.json`` (the split),
 ``history.jsonl``, ``summary.json`` and the model in ``model/`` (``local-dir:<out>/model``).
+``val_every`` validates every N epochs of a phase and after its last (the best *validated* epoch
+is kept); ``metrics.jsonl`` holds one row per epoch of both phases (``val/<set>_accuracy`` and
+``val/score`` as fractions), also as TensorBoard events / an MLflow run with ``tensorboard`` /
+``mlflow``.
 """
 
 from __future__ import annotations
@@ -45,6 +49,8 @@ from vlmood.data.base import DataError
 from vlmood.data.templates import render
 from vlmood.defaults import LOCKED_VIEWS
 from vlmood.errors import UsageError
+from vlmood.train.engine import validation_due
+from vlmood.train.metrics_log import MetricsLog
 from vlmood.train.pretrain import CAPTION_TEMPLATES, Pairs, load_pairs, minilm_pooled, read_exclusions
 from vlmood.utils import atomic_path, atomic_write_json, sha256_json
 
@@ -77,6 +83,9 @@ class LockedConfig:
     unlock_epochs: int = 6
     unlock_lr: float = 1e-4
     val_fraction: float = 0.3  # of the validation categories' classes, kept out of training
+    val_every: int = 1  # validate every N epochs of a phase and after its last (0: never; last epoch kept)
+    tensorboard: bool = False  # also log the epoch rows as TensorBoard events (out/tensorboard)
+    mlflow: bool = False  # and to an MLflow run (needs the mlflow package)
     seed: int = 0
     device: str = "cpu"
     extract_batch: int = 64
@@ -100,6 +109,13 @@ class LockedConfig:
             raise UsageError(f"--image-size {self.image_size}: between 32 and 512")
         if not 0.0 <= self.val_fraction < 1.0:
             raise UsageError(f"--val-fraction {self.val_fraction}: in [0, 1)")
+        from vlmood.train.engine import check_val_every
+
+        check_val_every(self.val_every)
+        if self.mlflow:
+            from vlmood.train.metrics_log import require_mlflow
+
+            require_mlflow()
         for name in ("epochs", "batch_size", "embed_dim", "extract_batch"):
             if getattr(self, name) < 1:
                 raise UsageError(f"--{name.replace('_', '-')} must be at least 1")
@@ -543,17 +559,33 @@ def train_locked(cfg: LockedConfig, progress: bool = True) -> dict[str, Any]:
             if not k.startswith("text.transformer.")
         }
 
-    def consider(rec: dict[str, Any]) -> None:
+    validating = val is not None and cfg.val_every > 0
+    logged = {"epoch": 0, "step": 0}  # the metrics.jsonl row count over both phases
+
+    def consider(rec: dict[str, Any], steps: int) -> None:
         nonlocal best, best_state
         history.append(rec)
         with open(out / "history.jsonl", "a", encoding="utf-8") as fh:
             fh.write(json.dumps(rec) + "\n")
-        score = rec.get("val_score", rec["epoch"])  # without validation: the last epoch
-        if score >= best.get("val_score", -1.0) or val is None:
-            best = {**rec, "val_score": score}
+        logged["step"] += steps
+        row = {"kind": "epoch", "epoch": logged["epoch"], "step": logged["step"], "phase": rec["phase"]}
+        row.update({k: v for k, v in rec.items() if k not in ("phase", "epoch") and not k.startswith("val_")})
+        row.update(
+            {f"val/{k[4:]}_accuracy": rec[k] / 100 for k in rec if k.startswith("val_") and k != "val_score"}
+        )
+        if "val_score" in rec:
+            row["val/score"] = rec["val_score"] / 100
+        mlog.log(row)
+        logged["epoch"] += 1
+        if not validating:  # without validation: the last epoch
+            best = {**rec, "val_score": rec["epoch"]}
+            best_state = snapshot()
+        elif "val_score" in rec and rec["val_score"] >= best.get("val_score", -1.0):
+            best = dict(rec)
             best_state = snapshot()
 
     (out / "history.jsonl").unlink(missing_ok=True)
+    (out / "metrics.jsonl").unlink(missing_ok=True)
     gen = torch.Generator().manual_seed(cfg.seed)
     n = len(feats)
     steps_per_epoch = max(1, n // cfg.batch_size)
@@ -592,51 +624,54 @@ def train_locked(cfg: LockedConfig, progress: bool = True) -> dict[str, Any]:
                 losses.append(loss.item())
                 step += 1
             rec = {"loss": round(sum(losses) / len(losses), 4), "time_s": round(time.time() - t_ep, 2)}
+            due = validating and validation_due(epoch, cfg.val_every, epochs)
             pooled_val = None
-            if phase == "unlock":
+            if phase == "unlock" and due:
                 pooled_val = {k: pooled_of(x)[:, 0] for k, (x, _key) in val_cut.items()}
-            rec.update(validate(epoch, phase, pooled_val))
+            rec.update(validate(epoch, phase, pooled_val) if due else {"phase": phase, "epoch": epoch})
             rec["logit_scale"] = round(model.logit_scale.detach().exp().item(), 2)
-            consider(rec)
+            consider(rec, steps_per_epoch)
             log.info("%s epoch %d: %s", phase, epoch, rec)
 
     decay = [p for p in head_params if p.ndim >= 2]
     no_decay = [p for p in head_params if p.ndim < 2]
-    run_phase(
-        "locked",
-        cfg.epochs,
-        [
-            {"params": decay, "weight_decay": cfg.weight_decay, "lr": cfg.lr},
-            {"params": no_decay, "weight_decay": 0.0, "lr": cfg.lr},
-        ],
-        lambda idx, view: model.visual.head(feats[idx, view].to(device)),
-    )
-
-    trained: list[str] = []
-    if cfg.unlock:
-        if best_state is not None:  # continue from the best locked epoch
-            model.load_state_dict(best_state, strict=False)
-        trained = trained_modules(trunk, cfg.unlock)
-        tail = [p for nme, p in trunk.named_parameters() if in_modules(nme, trained)]
-        for p in tail:
-            p.requires_grad_(True)
+    # metrics.jsonl rows (and TensorBoard / MLflow): the epochs of both phases in one sequence
+    with MetricsLog(out, tensorboard=cfg.tensorboard, mlflow=cfg.mlflow, params=asdict(cfg)) as mlog:
         run_phase(
-            "unlock",
-            cfg.unlock_epochs,
+            "locked",
+            cfg.epochs,
             [
-                {"params": decay, "weight_decay": cfg.weight_decay, "lr": cfg.unlock_lr},
-                {"params": no_decay, "weight_decay": 0.0, "lr": cfg.unlock_lr},
-                {"params": tail, "weight_decay": 0.0, "lr": cfg.unlock_lr},
+                {"params": decay, "weight_decay": cfg.weight_decay, "lr": cfg.lr},
+                {"params": no_decay, "weight_decay": 0.0, "lr": cfg.lr},
             ],
-            lambda idx, view: model.visual.head(
-                _post_cut(
-                    trunk,
-                    train_cut[idx, view].float().to(device).contiguous(memory_format=torch.channels_last),
-                )
-            ),
+            lambda idx, view: model.visual.head(feats[idx, view].to(device)),
         )
-        if best.get("phase") == "locked":
-            trained = []  # unlocking did not help on validation: keep the locked trunk
+
+        trained: list[str] = []
+        if cfg.unlock:
+            if best_state is not None:  # continue from the best locked epoch
+                model.load_state_dict(best_state, strict=False)
+            trained = trained_modules(trunk, cfg.unlock)
+            tail = [p for nme, p in trunk.named_parameters() if in_modules(nme, trained)]
+            for p in tail:
+                p.requires_grad_(True)
+            run_phase(
+                "unlock",
+                cfg.unlock_epochs,
+                [
+                    {"params": decay, "weight_decay": cfg.weight_decay, "lr": cfg.unlock_lr},
+                    {"params": no_decay, "weight_decay": 0.0, "lr": cfg.unlock_lr},
+                    {"params": tail, "weight_decay": 0.0, "lr": cfg.unlock_lr},
+                ],
+                lambda idx, view: model.visual.head(
+                    _post_cut(
+                        trunk,
+                        train_cut[idx, view].float().to(device).contiguous(memory_format=torch.channels_last),
+                    )
+                ),
+            )
+            if best.get("phase") == "locked":
+                trained = []  # unlocking did not help on validation: keep the locked trunk
 
     if best_state is not None:
         model.load_state_dict(best_state, strict=False)

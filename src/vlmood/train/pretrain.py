@@ -11,6 +11,13 @@ with the shared training engine. Two text towers:
 The run directory holds ``pairs_used.csv`` and ``pairs_excluded.csv`` (the split, written down),
 the engine's ``last.pt``/``metrics.jsonl``/``config.json`` and the final model in ``model/``
 (loadable as ``local-dir:<out>/model``).
+
+Validation (``val_fraction``, ``vlmood pretrain --val-fraction F``): a seeded fraction of the
+pairs left after the exclusions is held out of training (``pairs_val.csv``); every
+``train.val_every`` epochs and after the last, each held-out image is classified among the
+held-out pairs' distinct captions with the weights trained so far (rank 0, eval transform), and
+the top-1 accuracy is logged as ``val/id_accuracy`` in the epoch's row of ``metrics.jsonl``
+(TensorBoard / MLflow with ``train.tensorboard`` / ``train.mlflow``).
 """
 
 from __future__ import annotations
@@ -33,7 +40,8 @@ from torch.utils.data import Dataset
 from vlmood import distributed as D
 from vlmood.data.base import DataError, is_within
 from vlmood.data.templates import render
-from vlmood.train.engine import TrainConfig, Trainer
+from vlmood.errors import UsageError
+from vlmood.train.engine import TrainConfig, Trainer, _autocast, kept_modes
 from vlmood.utils import atomic_path, sha256_json
 
 log = logging.getLogger(__name__)
@@ -190,6 +198,45 @@ class PretrainConfig:
     templates: tuple[str, ...] = CAPTION_TEMPLATES
     device: str = "cpu"
     train: TrainConfig = field(default_factory=TrainConfig)
+    val_fraction: float | None = None  # pairs held out for validation (None/0: none)
+
+
+def split_validation(pairs: Pairs, fraction: float, seed: int) -> tuple[Pairs, Pairs]:
+    """(training, validation) pairs: ``max(1, round(fraction * n))`` pairs drawn with a seeded
+    generator (at least one pair stays for training)."""
+    import numpy as np
+
+    if not 0.0 < fraction < 1.0:
+        raise UsageError(f"--val-fraction {fraction}: in (0, 1), or 0 for no validation pairs")
+    n = len(pairs)
+    k = min(max(1, int(round(fraction * n))), n - 1)
+    if k < 1:
+        raise DataError(f"--val-fraction {fraction}: {n} pair(s) leave none to validate on")
+    held = set(
+        np.random.default_rng([int(seed) & 0xFFFFFFFF, 0x7A11D]).choice(n, size=k, replace=False).tolist()
+    )
+    train, val = Pairs(), Pairs()
+    for i in range(n):
+        dst = val if i in held else train
+        dst.paths.append(pairs.paths[i])
+        dst.captions.append(pairs.captions[i])
+        dst.sources.append(pairs.sources[i])
+    return train, val
+
+
+class EvalImages(Dataset):
+    """Images through the evaluation transform (validation)."""
+
+    def __init__(self, paths: list[str], transform) -> None:
+        self.paths, self.transform = paths, transform
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, i: int) -> torch.Tensor:
+        from vlmood.data.sources import open_image
+
+        return self.transform(open_image(self.paths[i]))
 
 
 def read_model_config(spec: str) -> dict[str, Any]:
@@ -269,14 +316,60 @@ def clip_param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 
+def _caption_validator(model, tokenizer, val: Pairs, resolved, mean, std, cfg: PretrainConfig, device):
+    """The engine's ``validate``: top-1 of each held-out image among the held-out distinct captions
+    (as written, the first caption template) with the current weights; rank 0 only (the engine)."""
+    import open_clip
+    from torch.utils.data import DataLoader
+
+    caps = sorted(set(val.captions))
+    target = torch.tensor([caps.index(c) for c in val.captions])
+    texts = [render(cfg.templates[0], c) for c in caps]
+    pooled = None
+    if cfg.text_tower == "minilm":  # the locked tower in eval mode, without touching the RNG
+        with kept_modes(model), torch.random.fork_rng(devices=[]):
+            model.eval()
+            pooled = minilm_pooled(model, tokenizer, texts, device=device)
+    tokens = tokenizer(texts) if pooled is None else None
+    transform = open_clip.image_transform(resolved["vision_cfg"]["image_size"], False, mean=mean, std=std)
+    loader = DataLoader(EvalImages(val.paths, transform), batch_size=64, num_workers=0)
+    precision = cfg.train.precision
+
+    def validate(trainer) -> dict[str, float]:
+        m = trainer.module
+        m.eval()
+        with torch.inference_mode(), _autocast(trainer.device, precision):
+            if pooled is not None:
+                txt = m.text.proj(pooled.to(trainer.device))
+            else:
+                txt = m.encode_text(tokens.to(trainer.device))
+            txt = F.normalize(txt.float(), dim=-1)
+            preds = []
+            for x in loader:
+                img = F.normalize(m.encode_image(x.to(trainer.device)).float(), dim=-1)
+                preds.append((img @ txt.T).argmax(1).cpu())
+        return {"val/id_accuracy": float((torch.cat(preds) == target).float().mean())}
+
+    return validate
+
+
 def pretrain(cfg: PretrainConfig, resume: bool = False, progress: bool = True) -> dict[str, Any]:
     """Run contrastive pretraining; returns a summary (final loss, time, counts, model dir)."""
     import open_clip
     from open_clip.loss import ClipLoss
 
+    cfg.train.check()  # before any work (an --mlflow without the package, --val-every < 0 ...)
     out = Path(cfg.out)
     exclude = read_exclusions(cfg.exclude)
     used, dropped = load_pairs(cfg.data, exclude)
+    val_pairs = None
+    if cfg.val_fraction:
+        used, val_pairs = split_validation(used, cfg.val_fraction, cfg.train.seed)
+    elif cfg.train.val_every:
+        raise UsageError(
+            f"--val-every {cfg.train.val_every} has nothing to validate on: add --val-fraction F (pairs held "
+            "out of training)"
+        )
     model_cfg = read_model_config(cfg.model_config)
     model, tokenizer, resolved = build_model(cfg, model_cfg)
     device = torch.device(cfg.device)
@@ -296,7 +389,8 @@ def pretrain(cfg: PretrainConfig, resume: bool = False, progress: bool = True) -
     }
     if D.is_main():
         out.mkdir(parents=True, exist_ok=True)
-        for name, pairs in (("pairs_used.csv", used), ("pairs_excluded.csv", dropped)):
+        written = [("pairs_used.csv", used), ("pairs_excluded.csv", dropped)]
+        for name, pairs in written + ([("pairs_val.csv", val_pairs)] if val_pairs is not None else []):
             with atomic_path(out / name) as tmp, open(tmp, "w", newline="", encoding="utf-8") as fh:
                 w = csv.writer(fh)
                 w.writerow(["path", "caption", "source"])
@@ -327,6 +421,9 @@ def pretrain(cfg: PretrainConfig, resume: bool = False, progress: bool = True) -
     image_size = resolved["vision_cfg"]["image_size"]
     dataset = PairImages(used, caption_ids, train_transform(image_size, mean, std), n_t)
     loss_mod = ClipLoss(world_size=D.world_size(), rank=D.rank(), gather_with_grad=True)
+    validate = None
+    if val_pairs is not None and cfg.train.val_every:
+        validate = _caption_validator(model, tokenizer, val_pairs, resolved, mean, std, cfg, device)
 
     def loss_fn(module, batch):
         images, cid, tid = batch
@@ -350,11 +447,14 @@ def pretrain(cfg: PretrainConfig, resume: bool = False, progress: bool = True) -
         device=device,
         progress=progress,
         param_groups=clip_param_groups(model, cfg.train.weight_decay),
+        validate=validate,
     )
     history = trainer.fit(resume=resume)
     summary = {
         "pairs_used": len(used),
         "pairs_excluded": len(dropped),
+        **({"pairs_val": len(val_pairs)} if val_pairs is not None else {}),
+        **{k: v for k, v in (history[-1] if history else {}).items() if k.endswith("_accuracy")},
         "unique_captions": len(uniq),
         "epochs": cfg.train.epochs,
         "final_loss": history[-1]["loss"] if history else None,
