@@ -608,7 +608,7 @@ def test_interrupted_training_with_other_data_or_settings_is_refused(world, unin
     shots (other training data) or settings are refused naming what differs, before any work."""
     import shutil
 
-    from vlmood.errors import UsageError
+    from vlmood.train.engine import ResumeError
 
     out = tmp_path / "ft"
     shutil.copytree(uninterrupted("ft"), out)
@@ -631,11 +631,9 @@ def test_interrupted_training_with_other_data_or_settings_is_refused(world, unin
             **kw,
         )
 
-    with pytest.raises(
-        UsageError, match="interrupted training with other settings or data.*shots: None -> 2"
-    ):
+    with pytest.raises(ResumeError, match="different training settings or data.*shots: None -> 2"):
         fit(shots=2)
-    with pytest.raises(UsageError, match=r"train\.lr: 0\.001 -> 0\.01"):
+    with pytest.raises(ResumeError, match=r"train\.lr: 0\.001 -> 0\.01"):
         fit(cfg={"lr": 1e-2})
     fit()  # the same settings continue the checkpoint to the same adapter
     assert (out / "adapter.json").is_file()

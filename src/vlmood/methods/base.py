@@ -1077,9 +1077,11 @@ def _check_training_identity(out: Path, ident: dict[str, Any]) -> None:
     except (OSError, ValueError):
         have = {}
     if have.get("key") != ident["key"]:
-        raise UsageError(
-            f"{out / 'train'} holds an interrupted training with other settings or data than asked "
-            f"({_identity_diff(have, ident)}); use another --out, or delete {out} to start afresh"
+        from vlmood.train.engine import ResumeError
+
+        raise ResumeError(
+            f"{out / 'train'} holds an interrupted training with different training settings or data "
+            f"than asked ({_identity_diff(have, ident)}); use another --out, or delete {out} to start afresh"
         )
 
 
