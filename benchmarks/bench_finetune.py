@@ -287,6 +287,12 @@ def main() -> int:
     ap.add_argument("--ckpt", default="off,on", help="activation checkpointing settings to run: off,on")
     ap.add_argument("--paths", default="plain,vlmood")
     ap.add_argument("--tmp", default=None, help="folder for vlmood's run directory (checkpoint)")
+    ap.add_argument(
+        "--repeat",
+        type=int,
+        default=1,
+        help="run every config this often (alternating order); keep the fastest",
+    )
     ap.add_argument("--timeout", type=float, default=1800, help="seconds per child")
     ap.add_argument(
         "--profile", default=None, metavar="DIR", help="write torch.profiler tables of the timed steps to DIR"
@@ -306,12 +312,17 @@ def main() -> int:
     load0 = os.getloadavg()
     t_all = time.perf_counter()
     rows: dict[tuple[str, bool], dict] = {}
-    for ck in ckpts:
-        for p in paths:
-            r = run_child(args, p, ck)
-            rows[(p, ck)] = r
-            brief = {k: r.get(k) for k in ("step_s", "step_cpu_s", "peak_steps_mb", "error") if k in r}
-            print(f"# {p:6s} ckpt={'on' if ck else 'off':3s} {brief}", file=sys.stderr, flush=True)
+    for rep in range(args.repeat):  # repeats alternate the order; each config keeps its fastest run
+        for ck in ckpts:
+            for p in paths if rep % 2 == 0 else paths[::-1]:
+                r = run_child(args, p, ck)
+                brief = {k: r.get(k) for k in ("step_s", "step_cpu_s", "peak_steps_mb", "error") if k in r}
+                print(f"# {p:6s} ckpt={'on' if ck else 'off':3s} {brief}", file=sys.stderr, flush=True)
+                old = rows.get((p, ck))
+                runs = (old or {}).get("repeat_step_s", []) + [r.get("step_s")]
+                if old is None or (r.get("step_s") or math.inf) < (old.get("step_s") or math.inf):
+                    rows[(p, ck)] = r
+                rows[(p, ck)]["repeat_step_s"] = runs
 
     import torch
 
@@ -323,7 +334,8 @@ def main() -> int:
         f"threads {args.threads}; torch {torch.__version__}"
     )
     print(
-        f"steps: {args.warmup} warm-up + {args.steps} timed (median); load average at start "
+        f"steps: {args.warmup} warm-up + {args.steps} timed (median; fastest of {args.repeat} runs); "
+        f"load average at start "
         f"{load0[0]:.2f} {load0[1]:.2f} {load0[2]:.2f}"
     )
     cols = ["config", "step s", "step cpu s", f"peak {unit}", "ckpt s", "loss"]

@@ -6,6 +6,7 @@ checkpoint. Tiny random model."""
 from __future__ import annotations
 
 import json
+import math
 import os
 import subprocess
 import sys
@@ -183,7 +184,7 @@ def test_bf16_full_fine_tune_on_the_cpu(digits, tmp_path):
     info = json.loads((out / "adapter.json").read_text())
     assert info["run"]["precision"] == "bf16"
     assert all(v.dtype == torch.float32 for v in load_file(str(out / "adapter.safetensors")).values())
-    assert info["metrics"]["last"]["loss"] == pytest.approx(info["metrics"]["last"]["loss"])  # finite
+    assert math.isfinite(info["metrics"]["last"]["loss"])
     with pytest.raises(UsageError, match="fp16 needs a CUDA device"):
         fit_method(
             "flyp", load_model("tiny-test", precision="fp16"), digits["source"], tmp_path / "x", _cfg()
