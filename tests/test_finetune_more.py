@@ -637,3 +637,42 @@ def test_interrupted_training_with_other_data_or_settings_is_refused(world, unin
         fit(cfg={"lr": 1e-2})
     fit()  # the same settings continue the checkpoint to the same adapter
     assert (out / "adapter.json").is_file()
+
+
+def test_review_mistakes_give_one_line(world, uninterrupted, tmp_path, capsys):
+    """Settings that would be silently ignored or misused are refused in one line (exit 2)."""
+    from vlmood.cli import main
+
+    folder = str(world["folder"])
+    base = ["fit", "ft", "--model", "tiny-test", "--id", folder, "--workers", "0", "--no-progress"]
+    cases = [
+        (base + ["--set", "tensorboard=true", "--out", str(tmp_path / "a")], "use --tensorboard"),
+        (base + ["--set", "val_every=1", "--out", str(tmp_path / "b")], "use --val-every"),
+        (base + ["--set", "strategy=fsdp", "--out", str(tmp_path / "c")], "torchrun"),
+        (
+            [
+                "fit",
+                "flyp",
+                "--model",
+                "tiny-test",
+                "--id",
+                folder,
+                "--workers",
+                "0",
+                "--train-batch-size",
+                "1",
+            ]
+            + ["--out", str(tmp_path / "d")],
+            "at least 2 images per batch",
+        ),
+        (
+            ["fit", "wise-ft", "--model", "tiny-test", "--param", f"endpoint={uninterrupted('ft')}"]
+            + ["--param", "alphas=0,1", "--param", "alpha=0.3", "--out", str(tmp_path / "e")],
+            "not both",
+        ),
+    ]
+    for args, needle in cases:
+        rc = main(args)
+        err = capsys.readouterr().err
+        assert rc == 2 and needle in err and "Traceback" not in err, (args, err)
+        assert not Path(args[-1]).exists()

@@ -230,3 +230,24 @@ def test_study_full_finetune_wise_ft_alphas_and_modality_gap(example, tmp_path, 
     bad[bad.index("zero-shot,ft,wise-ft,plp")] = "zero-shot,wise-ft,ft"
     assert main(bad + ["--out", str(tmp_path / "bad")]) == 2
     assert "list ft before wise-ft" in capsys.readouterr().err
+
+
+def test_study_wise_ft_endpoint_checked_before_any_training(example, tmp_path, capsys):
+    def run(methods, endpoint, *extra):
+        out = tmp_path / f"s{len(list(tmp_path.iterdir()))}"
+        rc = main(
+            ["study", "--model", "tiny-test", "--benchmark", str(example), "--methods", methods]
+            + ["--param", f"wise-ft:endpoint={endpoint}", "--out", str(out), "--workers", "0", *extra]
+        )
+        return rc, capsys.readouterr().err, out
+
+    for methods, endpoint, needle in [
+        ("zero-shot,ft,wise-ft", "flyp", "neither a method of this study nor an adapter folder"),
+        ("zero-shot,ft,wise-ft", "zero-shot", "is not a full fine-tune"),
+        ("zero-shot,coop,wise-ft", "coop", "is not a full fine-tune"),
+    ]:
+        rc, err, out = run(methods, endpoint)
+        assert rc == 2 and needle in err, err
+        assert not (out / "adapters").exists()  # nothing trained
+    rc, err, _ = run("zero-shot,ft,wise-ft", "ft", "--set", "strategy=fsdp")
+    assert rc == 2 and "torchrun" in err

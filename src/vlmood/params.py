@@ -59,6 +59,9 @@ def _type_name(hint: Any) -> str:
     return getattr(hint, "__name__", None) or str(hint).replace("typing.", "")
 
 
+_KIND_NAMES = {float: "a number", int: "an integer", str: "a string", bool: "true or false"}
+
+
 def check_value(value: Any, hint: Any, where: str) -> Any:
     """``value`` checked (and, for int -> float, widened) against the type ``hint``."""
     if hint is Any or hint is inspect.Parameter.empty or hint is None:
@@ -75,7 +78,8 @@ def check_value(value: Any, hint: Any, where: str) -> Any:
                 return check_value(value, a, where)
             except UsageError:
                 pass  # try the next member; the message below names them all
-        raise UsageError(f"{where} must be {' or '.join(_type_name(a) for a in args)}, got {value!r}")
+        kinds = [_KIND_NAMES.get(a, _type_name(a)) for a in args if a is not type(None)]
+        raise UsageError(f"{where} must be {' or '.join(kinds)}, got {value!r}")
     if origin is not None:  # list[str], dict[...]: accept the container, leave items to the callee
         if isinstance(value, origin):
             return value

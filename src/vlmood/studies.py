@@ -80,16 +80,42 @@ def _check_config(cfg: StudyConfig) -> None:
     for m in cfg.methods:  # bad hyperparameters or training settings fail before any work
         if m != ZERO_SHOT:
             _train_config(create_method(m, **cfg.params.get(m, {})), cfg, cfg.seeds[0])
+    if any(over.get("strategy") == "fsdp" for over in cfg.train.values()):
+        raise ValueError(
+            "strategy=fsdp shards a model over torchrun processes and a study runs in one process; "
+            "run `vlmood fit` under torchrun for sharded training"
+        )
     if WISE_FT in cfg.methods:
-        endpoint = str(cfg.params.get(WISE_FT, {}).get("endpoint", ""))
-        if endpoint in cfg.methods and cfg.methods.index(endpoint) > cfg.methods.index(WISE_FT):
+        _check_wise_ft_endpoint(cfg)
+
+
+def _check_wise_ft_endpoint(cfg: StudyConfig) -> None:
+    """wise-ft's endpoint: a full fine-tune method of the study listed before it, or an adapter folder."""
+    from vlmood.methods import METHODS
+    from vlmood.methods.finetune import FullFinetune
+
+    endpoint = str(cfg.params.get(WISE_FT, {}).get("endpoint", ""))
+
+    def full_finetune(m: str) -> bool:
+        return m in METHODS and m != WISE_FT and issubclass(METHODS.get(m), FullFinetune)
+
+    full = [m for m in cfg.methods if full_finetune(m)]
+    if endpoint in cfg.methods:
+        if not full_finetune(endpoint):
+            raise ValueError(
+                f"wise-ft:endpoint {endpoint!r} is not a full fine-tune; name one of the study's "
+                f"full fine-tunes ({', '.join(full) or 'none: add ft, lp-ft, flyp, cma or arf to --methods'})"
+            )
+        if cfg.methods.index(endpoint) > cfg.methods.index(WISE_FT):
             raise ValueError(
                 f"wise-ft interpolates the study's {endpoint!r} adapters: list {endpoint} before wise-ft"
             )
-        if endpoint == WISE_FT:
-            raise ValueError(
-                "wise-ft's endpoint must be a full fine-tune (ft, lp-ft, flyp, cma, arf), not wise-ft"
-            )
+    elif not Path(endpoint).is_dir():
+        raise ValueError(
+            f"wise-ft:endpoint {endpoint!r} is neither a method of this study nor an adapter folder; "
+            f"pass --param wise-ft:endpoint=<{'|'.join(full) or 'ft'}> (listed in --methods before "
+            "wise-ft) or the folder of a full fine-tune adapter"
+        )
 
 
 def _train_config(method, cfg: StudyConfig, seed: int):
@@ -223,7 +249,9 @@ def run_study(
         params = dict(cfg.params.get(name, {}))
         if name == WISE_FT:
             # one row per alpha; an endpoint named as a method of the study is that seed's adapter
-            alphas = parse_alphas(params.pop("alphas", "")) or [float(params.get("alpha", 0.5))]
+            alphas = parse_alphas(params.pop("alphas", "")) or [
+                float(0.5 if params.get("alpha") is None else params["alpha"])
+            ]
             endpoint = str(params.get("endpoint", ""))
             for a in alphas:
                 row = f"{name}(alpha={a:g})" if len(alphas) > 1 else name

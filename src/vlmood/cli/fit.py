@@ -18,7 +18,9 @@ DEFAULT_STUDY_SCORES = "mcm,neglabel,energy,maxlogit"
 
 def add_parsers(sub: Any) -> None:
     ft = C.add_command(
-        sub, "fit", help="train an adaptation method (CoOp, CoCoOp, LoCoOp, linear-probe, PLP, UEO)"
+        sub,
+        "fit",
+        help="train an adaptation method (CoOp, CoCoOp, LoCoOp, linear-probe, PLP, UEO, FT, LP-FT, FLYP, CMA, WiSE-FT, ARF)",
     )
     ft.add_argument("method", help="a registered method (see `vlmood methods`)")
     C.add_label_arg(ft, "this adapter")
@@ -170,7 +172,22 @@ def train_settings(items: list[str]) -> dict[str, Any]:
     bad = sorted(set(out) - valid)
     if bad:
         raise UsageError(f"--set: unknown training setting(s) {bad}; valid: {', '.join(sorted(valid))}")
+    flagged = [k for k in out if k in FLAG_SETTINGS]
+    if flagged:  # their flags always decide (with their defaults), so --set would be ignored
+        raise UsageError(
+            "--set: " + "; ".join(f"{k} has its own option: use {FLAG_SETTINGS[k]}" for k in flagged)
+        )
     return out
+
+
+#: training settings that `vlmood fit` sets from its own options
+FLAG_SETTINGS = {
+    "seed": "--seed",
+    "num_workers": "--workers",
+    "tensorboard": "--tensorboard",
+    "mlflow": "--mlflow",
+    "val_every": "--val-every",
+}
 
 
 def refuse_unused_fit_options(args: argparse.Namespace) -> None:
@@ -210,6 +227,7 @@ def cmd_fit(args: argparse.Namespace) -> int:
         val_every=resolve_val_every(args.val_every, val_fraction, args.val_set),
     )
     check_shots(args.shots)
+    check_strategy_here(cfg)
     if getattr(method, "alphas", None):  # wise-ft with several alphas: one adapter each, nothing trains
         return fit_wise_ft_alphas(args, method, cfg)
     D.init_distributed()
@@ -239,6 +257,17 @@ def cmd_fit(args: argparse.Namespace) -> int:
     if D.is_main():
         print(f"adapter: {out}\nevaluate: vlmood eval --model {args.model} --adapter {out} ...")
     return 0
+
+
+def check_strategy_here(cfg) -> None:
+    """``strategy=fsdp`` shards over torchrun processes: refused in a plain single process."""
+    import os
+
+    if getattr(cfg, "strategy", "ddp") == "fsdp" and "WORLD_SIZE" not in os.environ:
+        raise UsageError(
+            "--set strategy=fsdp shards the model over torchrun processes: run "
+            "`torchrun --nproc_per_node N -m vlmood.cli fit ...`, or drop it for a single process"
+        )
 
 
 def fit_wise_ft_alphas(args: argparse.Namespace, method, cfg) -> int:

@@ -385,6 +385,15 @@ class _Contrastive(FullFinetune):
     def lam(self) -> float:
         return 0.0
 
+    def fit(self, model, data, cfg, out_dir, device, progress=True, resume=False):
+        if cfg.batch_size < 2:
+            raise UsageError(
+                f"method {self.name!r} trains with a contrastive loss, which needs at least 2 images per "
+                f"batch (other images are the negatives); got batch size {cfg.batch_size}: raise "
+                "--train-batch-size"
+            )
+        return super().fit(model, data, cfg, out_dir, device, progress=progress, resume=resume)
+
     def extra_loss(self, model, data):
         """None, or ``fn(module, batch, image_features, scale) -> (loss, logs)``: terms a subclass
         adds to the contrastive loss after it is computed (ARF's anchors)."""

@@ -88,14 +88,14 @@ def read_endpoint(path: str | os.PathLike, model) -> tuple[dict[str, Any], dict[
     if not d.is_dir():
         raise AdapterError(
             f"WiSE-FT endpoint {d} does not exist; pass the folder of a full fine-tune adapter "
-            f"(ft, lp-ft, flyp, cma) of the same base model"
+            f"(ft, lp-ft, flyp, cma, arf, or another wise-ft) of the same base model"
         )
     info = read_adapter_info(d)
     cls = METHODS.get(info["method"]) if info.get("method") in METHODS else None
     if cls is None or not issubclass(cls, FullFinetune | WiseFT):
         raise UsageError(
             f"WiSE-FT endpoint {d} is a {info.get('method')} adapter; it needs a full fine-tune "
-            f"(ft, lp-ft, flyp, cma) of the same base model"
+            f"(ft, lp-ft, flyp, cma, arf, or another wise-ft) of the same base model"
         )
     base = info.get("base_model", {})
     if base.get("key") != base_identity_key(model):
@@ -158,8 +158,8 @@ def parse_alphas(text: Any) -> list[float]:
 
 @dataclass
 class WiseFTParams:
-    endpoint: str = ""  # a full fine-tune adapter directory (ft, lp-ft, flyp, cma) of this base model
-    alpha: float = 0.5  # 0: zero-shot weights, 1: the endpoint's
+    endpoint: str = ""  # a full fine-tune adapter directory (ft, lp-ft, flyp, cma, arf) of this base model
+    alpha: float | None = None  # 0: zero-shot weights, 1: the endpoint's (default 0.5)
     # several alphas, e.g. "0,0.25,0.5,0.75,1": one adapter each (vlmood fit: OUT/alpha<a>/;
     # vlmood study: one row each, the endpoint given as a method of the study)
     alphas: str = ""
@@ -175,12 +175,16 @@ class WiseFT(Method):
     adapts_image_encoder = True
 
     def validate(self) -> None:
-        check_alpha(self.params.alpha)
         self.alphas = parse_alphas(self.params.alphas)
+        if self.alphas and self.params.alpha is not None:
+            raise UsageError(
+                "method 'wise-ft': give alpha=A (one adapter) or alphas=A,B,... (one each), not both"
+            )
+        self.alpha = 0.5 if self.params.alpha is None else check_alpha(self.params.alpha)
         if not str(self.params.endpoint).strip():
             raise UsageError(
                 "method 'wise-ft' needs the fine-tuned endpoint: --param endpoint=ADAPTER_DIR "
-                "(an ft, lp-ft, flyp or cma adapter of the same base model)"
+                "(an ft, lp-ft, flyp, cma or arf adapter of the same base model)"
             )
 
     def default_config(self, **overrides: Any) -> TrainConfig:
@@ -203,8 +207,8 @@ class WiseFT(Method):
                 f"class names than the {len(data.classnames)} given; use the endpoint's class names"
             )
         self.endpoint_info = info
-        self.merged = interpolate(zero_shot_tensors(model, info, list(ft)), ft, self.params.alpha)
-        return {"alpha": self.params.alpha, "endpoint_key": info["adapter_key"], "tensors": len(self.merged)}
+        self.merged = interpolate(zero_shot_tensors(model, info, list(ft)), ft, self.alpha)
+        return {"alpha": self.alpha, "endpoint_key": info["adapter_key"], "tensors": len(self.merged)}
 
     def tensors(self) -> dict[str, torch.Tensor]:
         return self.merged
