@@ -224,6 +224,11 @@ def test_study_full_finetune_wise_ft_alphas_and_modality_gap(example, tmp_path, 
     assert "modality_gap" in table["ft"] and "modality_gap" not in table["plp"]
     md = (out / "study.md").read_text()
     assert "Modality gap" in md and "| wise-ft(alpha=0.5) |" in md
+    # the report names each WiSE-FT run by its alpha
+    assert main(["report", str(out), "--out", str(tmp_path / "report")]) == 0, capsys.readouterr().err
+    capsys.readouterr()
+    page = (tmp_path / "report" / "report.md").read_text()
+    assert "wise-ft(alpha=0.5)" in page and "wise-ft(alpha=0)" in page
 
     # wise-ft before its endpoint, or its endpoint missing: refused before any work
     bad = list(args)

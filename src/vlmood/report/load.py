@@ -91,7 +91,11 @@ class Run:
         """Method, seed and model (``coop · seed 1 · ViT-B-16``); the model alone without an adapter."""
         parts = []
         if self.adapter:
-            parts.append(str(self.adapter.get("method") or self.adapter.get("kind") or "adapter"))
+            method = str(self.adapter.get("method") or self.adapter.get("kind") or "adapter")
+            params = self.adapter.get("params") if isinstance(self.adapter.get("params"), dict) else {}
+            if method == "wise-ft" and params.get("alpha") is not None:
+                method = f"wise-ft(alpha={float(params['alpha']):g})"  # one run per alpha
+            parts.append(method)
             if self.seed is not None:
                 parts.append(f"seed {self.seed}")
         elif self.role:
