@@ -140,10 +140,16 @@ def test_cli_fit_set_reaches_the_training_settings(example, tmp_path, capsys, mo
     monkeypatch.setenv("VLMOOD_CACHE", str(tmp_path / "cache"))
     common = ["fit", "ft", "--model", "tiny-test", "--benchmark", str(example), "--workers", "0"]
     common += ["--no-progress", "--shots", "2", "--epochs", "1", "--train-batch-size", "4"]
+    # strategy=fsdp outside torchrun would be silently unsharded: refused in one line
+    rc = main([*common, "--set", "strategy=fsdp", "--out", str(tmp_path / "fsdp")])
+    assert rc == 2 and "torchrun" in capsys.readouterr().err
+    # under torchrun (WORLD_SIZE set) it reaches the config; a 1-process group-less run is unsharded
+    monkeypatch.setenv("WORLD_SIZE", "1")
     sets = ["--set", "grad_checkpointing=true", "--set", "strategy=fsdp", "--set", "weight_decay=0.01"]
     rc = main([*common, *sets, "--out", str(tmp_path / "ad")])
     err = capsys.readouterr().err
     assert rc == 0, err
+    monkeypatch.delenv("WORLD_SIZE")
     train = json.loads((tmp_path / "ad" / "train" / "config.json").read_text())
     assert train["grad_checkpointing"] is True and train["strategy"] == "fsdp"  # fsdp: no group, unsharded
     assert train["weight_decay"] == 0.01
