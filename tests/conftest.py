@@ -144,3 +144,31 @@ def report_runs(tmp_path_factory) -> dict[str, Path]:
         assert main([*common, "--scores", "mcm,energy,knn", "--out", str(root / "run_a")]) == 0
         assert main([*common, "--scores", "maxlogit,mcm", "--out", str(root / "run_b")]) == 0
     return {"a": root / "run_a", "b": root / "run_b"}
+
+
+def tiny_hf_clip(path: Path):
+    """A tiny random Hugging Face CLIPModel (seed 0) saved to ``path``; returns the model (eval mode)."""
+    transformers = pytest.importorskip("transformers")
+    cfg = transformers.CLIPConfig(
+        text_config=dict(
+            vocab_size=49408,
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+            max_position_embeddings=32,
+        ),
+        vision_config=dict(
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+            image_size=32,
+            patch_size=8,
+        ),
+        projection_dim=16,
+    )
+    torch.manual_seed(0)
+    model = transformers.CLIPModel(cfg).eval()
+    model.save_pretrained(path)
+    return model

@@ -32,7 +32,7 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from conftest import write_digit_images
+from conftest import tiny_hf_clip, write_digit_images
 from vlmood.cli import main
 from vlmood.data.sources import load_source
 from vlmood.errors import UsageError
@@ -364,31 +364,10 @@ def test_only_the_intended_tensors_change_on_a_batchnorm_model(world, bn_spec, m
 # ---------------------------------------------------------------------------------------------- Hugging Face
 @pytest.fixture(scope="module")
 def hf(tmp_path_factory):
-    transformers = pytest.importorskip("transformers")
     from vlmood.data.example import write_example
 
     root = tmp_path_factory.mktemp("hf")
-    cfg = transformers.CLIPConfig(
-        text_config=dict(
-            vocab_size=49408,
-            hidden_size=32,
-            intermediate_size=64,
-            num_hidden_layers=2,
-            num_attention_heads=2,
-            max_position_embeddings=32,
-        ),
-        vision_config=dict(
-            hidden_size=32,
-            intermediate_size=64,
-            num_hidden_layers=2,
-            num_attention_heads=2,
-            image_size=32,
-            patch_size=8,
-        ),
-        projection_dim=16,
-    )
-    torch.manual_seed(0)
-    transformers.CLIPModel(cfg).eval().save_pretrained(root / "clip")
+    tiny_hf_clip(root / "clip")
     return {"spec": f"hf:{root / 'clip'}", "bench": write_example(root / "example", per_class=4, size=32)}
 
 

@@ -10,6 +10,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from conftest import tiny_hf_clip
 from vlmood.models import (
     FEATURE_KINDS,
     VLM,
@@ -436,31 +437,8 @@ def test_bare_openai_arch_file_warns_about_quick_gelu(tmp_path, caplog):
 
 # ------------------------------------------------------------------------------------------ HF backend
 def _tiny_hf_clip(tmp_path):
-    transformers = pytest.importorskip("transformers")
-    cfg = transformers.CLIPConfig(
-        text_config=dict(
-            vocab_size=49408,
-            hidden_size=32,
-            intermediate_size=64,
-            num_hidden_layers=2,
-            num_attention_heads=2,
-            max_position_embeddings=32,
-        ),
-        vision_config=dict(
-            hidden_size=32,
-            intermediate_size=64,
-            num_hidden_layers=2,
-            num_attention_heads=2,
-            image_size=32,
-            patch_size=8,
-        ),
-        projection_dim=16,
-    )
-    torch.manual_seed(0)
-    model = transformers.CLIPModel(cfg).eval()
     d = tmp_path / "hfclip"
-    model.save_pretrained(d)
-    return model, d
+    return tiny_hf_clip(d), d
 
 
 def test_hf_backend_matches_clipmodel(tmp_path, images):
