@@ -12,8 +12,11 @@ torch until a name below is touched)::
     res = vlmood.evaluate(model, bench, scores=["mcm", "energy"]) # Results: .table(), .accuracy
     ad = vlmood.fit("coop", model, bench, shots=16, seed=1, out="runs/coop")  # Adapter
     study = vlmood.study(model, bench, methods=["zero-shot", "coop"], seeds=[1, 2], out="runs/s")
+    zoo = vlmood.zoo(["vlmood-tiny", "vlmood-small"], bench, out="runs/zoo")  # Zoo: .table(), .fits()
 
-The study machinery behind ``vlmood.study`` (and ``vlmood study``) lives in :mod:`vlmood.studies`.
+The study machinery behind ``vlmood.study`` (and ``vlmood study``) lives in :mod:`vlmood.studies`, the
+zoo's behind ``vlmood.zoo`` in :mod:`vlmood.zoos` (not ``vlmood.zoo``: importing a submodule of
+that name would replace the function on the package).
 """
 
 from __future__ import annotations
@@ -27,16 +30,18 @@ __all__ = [
     "BenchmarkSets",
     "Results",
     "Study",
+    "Zoo",
     "__version__",
     "evaluate",
     "fit",
     "load_benchmark",
     "load_model",
     "study",
+    "zoo",
 ]
 
 if TYPE_CHECKING:
-    from vlmood.api import BenchmarkSets, Results, Study, evaluate, fit, load_benchmark, study
+    from vlmood.api import BenchmarkSets, Results, Study, Zoo, evaluate, fit, load_benchmark, study, zoo
     from vlmood.models import load_model
 
 #: public name -> the module that defines it (imported on first access)
@@ -49,6 +54,8 @@ _LAZY = {
     "load_benchmark": "vlmood.api",
     "load_model": "vlmood.models",
     "study": "vlmood.api",
+    "Zoo": "vlmood.api",
+    "zoo": "vlmood.api",
 }
 
 

@@ -1,4 +1,5 @@
-"""The Python front door: load a model and a benchmark, evaluate scores, fit adapters, run a study.
+"""The Python front door: load a model and a benchmark, evaluate scores, fit adapters, run a study
+or a zoo of models.
 
 .. code-block:: python
 
@@ -12,6 +13,8 @@
     res2 = vlmood.evaluate(model, bench, scores=["mcm"], adapter=ad)
     study = vlmood.study(model, bench, methods=["zero-shot", "coop", "plp"], seeds=[1, 2, 3], out="runs/s")
     study.table()
+    zoo = vlmood.zoo(["vlmood-tiny", "vlmood-small", "local-dir:/m/c"], bench, out="runs/zoo")
+    zoo.fits()  # per score: slope, intercept, R², Pearson r, Spearman rho of AUROC vs ID accuracy
 
 Conventions (the same as the command line's and ``results.json``'s):
 
@@ -23,7 +26,7 @@ Conventions (the same as the command line's and ``results.json``'s):
 
 These functions call the same code as ``vlmood eval`` / ``fit`` / ``study``
 (:func:`vlmood.eval.runner.run_eval`, :func:`vlmood.methods.fit_method`,
-:func:`vlmood.studies.run_study`), so a run made here equals the command's run with the same inputs.
+:func:`vlmood.studies.run_study`, :func:`vlmood.zoos.run_zoo`), so a run made here equals the command's run with the same inputs.
 """
 
 from __future__ import annotations
@@ -60,11 +63,13 @@ __all__ = [
     "BenchmarkSets",
     "Results",
     "Study",
+    "Zoo",
     "evaluate",
     "fit",
     "load_benchmark",
     "load_model",
     "study",
+    "zoo",
 ]
 
 #: the scores ``evaluate`` runs when none are named (``vlmood eval``'s default)
@@ -844,3 +849,149 @@ def study(
 
     data = run_study(model_factory, bench.eval_sets, cfg, out, opts, progress)
     return Study(data, Path(out).absolute())
+
+
+# ---------------------------------------------------------------------------------------------- zoo
+@dataclass
+class Zoo:
+    """A finished zoo (``zoo.json``, schema ``vlmood.zoo/1``): many models evaluated zero-shot on one
+    benchmark, with ID accuracy against OOD detection per score.
+
+    Attributes:
+        out: the zoo folder (``zoo.json``, ``zoo.md``, ``scatter-<score>.png``, ``models/<name>/``).
+    """
+
+    _data: dict[str, Any]
+    out: Path
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> Zoo:
+        """An earlier zoo: its folder or ``zoo.json``."""
+        p = Path(path)
+        f = p / "zoo.json" if p.is_dir() else p
+        if not f.is_file():
+            raise UsageError(f"{p}: no zoo.json (a folder written by vlmood zoo / vlmood.zoo)")
+        return cls(json.loads(f.read_text(encoding="utf-8")), f.parent)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The zoo.json dict (models with specs and identities, per-model metrics, fits)."""
+        return self._data
+
+    @property
+    def models(self) -> list[str]:
+        """The model names, in the order they ran."""
+        return [str(r["name"]) for r in self._data.get("models", [])]
+
+    @property
+    def scores(self) -> list[str]:
+        """The score labels that ran (a score the benchmark cannot support is in ``skipped_scores``)."""
+        return list(self._data.get("scores", []))
+
+    def table(self, metric: str = "auroc", group: str | None = None) -> pd.DataFrame:
+        """pandas DataFrame, one row per model: ``model``, ``spec``, ``accuracy`` (ID top-1), then one
+        column per score holding ``metric`` (``auroc`` or ``fpr95``) averaged over all OOD sets, or
+        over the ``group``'s sets (``"near"`` / ``"far"``); fractions."""
+        if metric not in ("auroc", "fpr95"):
+            raise UsageError(f"metric {metric!r}: a zoo keeps 'auroc' and 'fpr95'")
+        if group not in (None, "near", "far"):
+            raise UsageError(f"group {group!r}: None (all OOD sets), 'near' or 'far'")
+        key = metric if group is None else f"{group}_{metric}"
+        rows = []
+        for r in self._data.get("models", []):
+            row: dict[str, Any] = {
+                "model": r["name"],
+                "spec": r.get("spec"),
+                "accuracy": r.get("id_accuracy"),
+            }
+            for label in self.scores:
+                row[label] = (r.get("scores", {}).get(label) or {}).get(key)
+            rows.append(row)
+        return _frame(rows, ["model", "spec", "accuracy", *self.scores])
+
+    def fits(self, y: str = "auroc") -> pd.DataFrame:
+        """pandas DataFrame, one row per score: the least-squares line ``y = slope * accuracy +
+        intercept`` over the models, ``score``, ``slope``, ``intercept``, ``r2`` (1 - SS_res/SS_tot),
+        ``pearson``, ``spearman``, ``n`` (models) and ``note`` (why a value is missing: fewer than 3
+        models, equal accuracies). ``y``: ``auroc`` (mean over all OOD sets), ``near_auroc`` or
+        ``far_auroc`` (benchmarks with groups)."""
+        rows = []
+        for label, per in self._data.get("fits", {}).items():
+            fit = per.get(y)
+            if fit is None:
+                continue
+            rows.append(
+                {"score": label, **{k: v for k, v in fit.items() if k != "n/a"}, "note": fit.get("n/a")}
+            )
+        cols = ["score", "slope", "intercept", "r2", "pearson", "spearman", "n", "note"]
+        return _frame(rows, cols)
+
+    def results(self, model: str) -> Results:
+        """The :class:`Results` of one model's evaluation."""
+        for r in self._data.get("models", []):
+            if r["name"] == model:
+                return Results.load(self.out / r["results"])
+        raise KeyError(f"no model {model!r} in this zoo; models: {self.models}")
+
+    def __str__(self) -> str:
+        from vlmood.zoos import format_zoo
+
+        return format_zoo(self._data)
+
+    def __repr__(self) -> str:
+        return f"Zoo(models={self.models}, scores={self.scores}, out={str(self.out)!r})"
+
+
+def zoo(
+    models: str | os.PathLike | Sequence[str | VLM] | Mapping[str, str | VLM],
+    bench: BenchmarkSets | str | os.PathLike,
+    scores: ScoreLike | Sequence[ScoreLike] | None = None,
+    *,
+    out: str | os.PathLike,
+    device: str = "cpu",
+    precision: str = "fp32",
+    templates: str | os.PathLike | Sequence[str] | Mapping[str, Sequence[str]] | None = None,
+    cache_dir: str | os.PathLike | None = None,
+    batch_size: int = 64,
+    num_workers: int | None = None,
+    skip_corrupt: bool = False,
+    fingerprint: str = "stat",
+    progress: bool = True,
+) -> Zoo:
+    """Evaluate many models zero-shot on one benchmark and fit, per score, AUROC against ID accuracy
+    (``vlmood zoo``); returns :class:`Zoo`. Rerunning with the same ``out`` reuses the models
+    already evaluated from the same inputs.
+
+    Args:
+        models: a model-list file (one ``name=spec`` or bare spec per line), a comma list of specs,
+            a list of specs (or ``"name=spec"`` texts, or models from :func:`load_model`), or a dict
+            name -> spec or model. Specs are loaded one at a time on ``device`` / ``precision``
+            and dropped after their evaluation; at least 2 models (3 for a fit).
+        bench: the sets of :func:`load_benchmark` (or a benchmark name / YAML path).
+        scores: as in :func:`evaluate`; default ``mcm, knn, neglabel, energy`` (KNN and
+            Mahalanobis are left out, with a warning, when the benchmark has no train split).
+        out: the zoo folder (``zoo.json``, ``zoo.md``, ``scatter-<score>.png``, ``models/<name>/``).
+        device, precision: where and how specs are loaded (:func:`load_model`).
+        templates, cache_dir, batch_size, num_workers, skip_corrupt, fingerprint, progress: as in
+            :func:`evaluate`.
+    """
+    from vlmood.eval.runner import EvalOptions
+    from vlmood.zoos import DEFAULT_ZOO_SCORES, check_zoo, members_from, run_zoo
+
+    members = members_from(models)
+    specs = score_specs(DEFAULT_ZOO_SCORES if scores is None else scores)
+    check_zoo(members, specs)  # names, specs that cannot load, unknown scores: before any work
+    bench = _bench(bench)
+    tmpl, origin = (
+        (bench.templates, bench.templates_origin) if templates is None else _resolve_templates(templates)
+    )
+    opts = EvalOptions(
+        templates=list(tmpl),
+        templates_origin=origin,
+        extract=_extract_options(cache_dir, batch_size, num_workers, skip_corrupt, fingerprint, progress),
+    )
+
+    def load(spec: str) -> VLM:
+        return load_model(spec, device=device, precision=precision)
+
+    data = run_zoo(members, bench.eval_sets, specs, out, opts, load)
+    return Zoo(data, Path(out).absolute())

@@ -7,6 +7,8 @@ and calls it, nothing more:
   device/precision checks, arguments -> sets / EvalOptions / extraction options
 - ``evaluate`` ``eval``, ``cache``
 - ``fit``      ``fit``, ``study``
+- ``attack``   ``attack``
+- ``zoo``      ``zoo``
 - ``pretrain`` ``pretrain``
 - ``report``   ``report``, ``demo``
 - ``info``     ``models``, ``scores``, ``methods``
@@ -46,7 +48,7 @@ def _version() -> str:
 
 def build_parser() -> argparse.ArgumentParser:
     """The ``vlmood`` parser: every subcommand, each with its function in ``args.func``."""
-    from vlmood.cli import data, evaluate, fit, info, pretrain, report
+    from vlmood.cli import attack, data, evaluate, fit, info, pretrain, report, zoo
     from vlmood.cli._common import VERBOSE_HELP
 
     ap = argparse.ArgumentParser(
@@ -61,6 +63,8 @@ def build_parser() -> argparse.ArgumentParser:
     pretrain.add_parsers(sub)
     report.add_parsers(sub)  # report, demo
     fit.add_parsers(sub)  # fit, study
+    attack.add_parsers(sub)
+    zoo.add_parsers(sub)
     info.add_parsers(sub)  # models, scores, methods
     data.add_parsers(sub)
     return ap
@@ -78,6 +82,8 @@ _RESUME_HINT = {
     "fit": "rerun with --resume to continue from the last finished epoch",
     "pretrain": "rerun with --resume to continue from the last finished epoch",
     "study": "rerun the same command: finished pieces are reused and trainings resume",
+    "zoo": "rerun the same command: models already evaluated are reused",
+    "attack": "rerun the same command: finished batches are kept and the attack resumes",
     "cache": "rerun the same command: finished feature chunks are reused",
     "eval": "rerun the same command: finished feature chunks are reused",
 }

@@ -16,7 +16,8 @@ def add_parsers(sub: Any) -> None:
     rp.add_argument(
         "results",
         nargs="+",
-        help="results.json files or run folders (several: side by side, named by their --label or model)",
+        help="results.json files, run folders, or a study or zoo folder (all its runs; a zoo adds its table, "
+        "fits and accuracy-vs-AUROC scatter plots); several: side by side, named by their --label or model",
     )
     rp.add_argument("--out", required=True, help="report folder (index.html, report.md, figures)")
     rp.add_argument("--title", default=None, help="page title (default: one made from the runs)")

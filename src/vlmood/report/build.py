@@ -1,4 +1,4 @@
-"""``write_report``: results.json file(s) or study folders -> index.html + report.md + figures/*.png +
+"""``write_report``: results.json file(s), study or zoo folders -> index.html + report.md + figures/*.png +
 thumbs/*.jpg (per-image failure view) + tables/*.csv|tex, written atomically."""
 
 from __future__ import annotations
@@ -30,6 +30,7 @@ from vlmood.report.tables import (
     provenance,
     summary_table,
 )
+from vlmood.report.zoo import is_zoo_folder, read_zoo, zoo_section
 
 log = logging.getLogger(__name__)
 
@@ -176,7 +177,8 @@ def write_report(
     under ``out_dir`` for one or more runs.
 
     Each entry of ``results_paths`` is a ``results.json`` (schema ``vlmood.results/1``), a folder
-    holding one, or a ``vlmood study`` folder (all its runs). Raw scores (``scores/<label>.npz``
+    holding one, a ``vlmood study`` folder (all its runs) or a ``vlmood zoo`` folder (every model's
+    run, after a section with the zoo's table, fits and accuracy-vs-AUROC scatter plots). Raw scores (``scores/<label>.npz``
     beside it) feed the ROC and histogram figures and, when they carry image paths, the per-image
     failure view (thumbnails of the images a score gets wrong at its FPR95 threshold) and the
     per-class accuracy; without them the tables are still written, with a note. Raises
@@ -187,10 +189,16 @@ def write_report(
     the run labels, notes.
     """
     runs = load_runs(results_paths)  # every input is checked before anything is written
+    inputs = [results_paths] if isinstance(results_paths, (str, os.PathLike)) else list(results_paths)
+    zoos = [read_zoo(Path(p).expanduser()) for p in inputs if is_zoo_folder(Path(p).expanduser())]
     out = Path(out_dir).expanduser()
     if out.exists() and not out.is_dir():
         raise ReportError(f"{out}: output path exists and is not a folder")
     out.mkdir(parents=True, exist_ok=True)
+    if not title and zoos:
+        title = (
+            f"vlmood zoo: {zoos[0].get('benchmark') or 'custom sets'}" if len(zoos) == 1 else "vlmood zoos"
+        )
     title = title or _default_title(runs)
     stage = Path(tempfile.mkdtemp(prefix=".report-", dir=out))
     try:
@@ -203,6 +211,12 @@ def write_report(
             all_scores.extend(s for s in r.scores if s not in all_scores)
         score_colours = {s: i for i, s in enumerate(all_scores)}
 
+        zoo_sections, zoo_tables, global_notes = [], [], []
+        for i, zoo in enumerate(zoos):
+            sec, table, notes = zoo_section(zoo, i, fig_dir, FIG_DIR, _png_size)
+            zoo_sections.append(sec)
+            zoo_tables.append(table)
+            global_notes += notes  # figures that could not be drawn
         sections = []
         for i, r in enumerate(runs):
             figs = _run_figures(r, i, fig_dir, score_colours)
@@ -218,7 +232,6 @@ def write_report(
                     failure_note=fail_note,
                 )
             )
-        global_notes: list[str] = []
         bar_scores, values = bar_values(runs)
         bars = None
         if bar_scores:
@@ -256,8 +269,15 @@ def write_report(
             runs=sections,
             notes=global_notes,
             footer=footer,
+            sections=zoo_sections,
         )
-        tables = [summary, accuracy, *([per_class] if per_class else []), *(s.table for s in sections)]
+        tables = [
+            *zoo_tables,
+            summary,
+            accuracy,
+            *([per_class] if per_class else []),
+            *(s.table for s in sections),
+        ]
         table_names = _write_exports(stage / X.TABLE_DIR, tables, labels, prov)
         (stage / "index.html").write_text(render_page(page), encoding="utf-8")
         (stage / "report.md").write_text(render_markdown(page), encoding="utf-8")

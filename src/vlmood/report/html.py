@@ -196,6 +196,17 @@ class RunSection:
 
 
 @dataclass
+class PageSection:
+    """A section shown before the summary (e.g. a ``vlmood zoo`` folder's table, fits and scatter
+    plots), already rendered: ``html`` goes inside its ``<section>``, ``markdown`` under its heading."""
+
+    anchor: str
+    title: str
+    html: str
+    markdown: str
+
+
+@dataclass
 class ReportPage:
     """Everything the HTML and Markdown writers show, in page order."""
 
@@ -210,6 +221,7 @@ class ReportPage:
     runs: list[RunSection]
     notes: list[str]
     footer: str = ""
+    sections: list[PageSection] = field(default_factory=list)
 
 
 def exports(table_id: str) -> str:
@@ -369,7 +381,8 @@ def render_failures(s: RunSection) -> str:
 
 
 def render_page(p: ReportPage) -> str:
-    toc = [
+    toc = [f'<li><a href="#{esc(s.anchor)}">{esc(s.title)}</a></li>' for s in p.sections]
+    toc += [
         '<li><a href="#summary-section">Summary</a></li>',
         '<li><a href="#accuracy-section">Accuracy</a></li>',
     ]
@@ -388,6 +401,7 @@ def render_page(p: ReportPage) -> str:
         "<main>",
         f'<header class="page"><h1>{esc(p.title)}</h1><p>{esc(p.subtitle)}</p></header>',
         render_notes(p.notes),
+        *(f'<section id="{esc(s.anchor)}"><h2>{esc(s.title)}</h2>{s.html}</section>' for s in p.sections),
         '<section id="summary-section"><h2>Summary</h2>',
         render_table(p.summary),
     ]

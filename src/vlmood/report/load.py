@@ -285,11 +285,15 @@ def study_runs(folder: Path) -> list[tuple[Path, str]]:
 
 
 def _expand(paths: list[str | os.PathLike]) -> list[tuple[str | os.PathLike, str]]:
+    from vlmood.report.zoo import is_zoo_folder, zoo_runs
+
     out: list[tuple[str | os.PathLike, str]] = []
     for p in paths:
         path = Path(p).expanduser()
         if path.is_dir() and not (path / RESULTS_FILE).is_file() and (path / STUDY_FILE).is_file():
             out.extend((r, role) for r, role in study_runs(path))
+        elif is_zoo_folder(path):  # a `vlmood zoo` folder: every model's run (labelled by its name)
+            out.extend((r, "") for r in zoo_runs(path))
         else:
             out.append((p, ""))
     return out
@@ -298,8 +302,8 @@ def _expand(paths: list[str | os.PathLike]) -> list[tuple[str | os.PathLike, str
 def load_runs(paths: list[str | os.PathLike]) -> list[Run]:
     """Load several runs and give each a short unique label: the run's own ``label`` (``vlmood eval
     --label``) or one naming its method, seed and model (:attr:`Run.default_label`), then the
-    adapter key, the folder, then the index where those repeat. A ``vlmood study`` folder stands
-    for all its runs."""
+    adapter key, the folder, then the index where those repeat. A ``vlmood study`` or ``vlmood zoo``
+    folder stands for all its runs."""
     if isinstance(paths, (str, os.PathLike)):
         paths = [paths]
     if not paths:

@@ -73,6 +73,8 @@ def render_markdown(p: ReportPage) -> str:
     out = [f"# {md(p.title)}", "", md(p.subtitle), ""]
     for n in p.notes:
         out += [f"> **Note:** {md(n)}", ""]
+    for s in p.sections:
+        out += [f"## {md(s.title)}", "", s.markdown, ""]
     out += [
         "## Summary",
         "",
