@@ -5,6 +5,7 @@
 #   DATA   prepared-data root (default ~/vlmood-data)    OUT  run folder (default runs/attack-emoji)
 #   LIMIT  OOD images attacked per kind (default 32; seeded, from all five OOD sets)
 #   DEVICE cpu | cuda (default cpu)                      MODEL default vlmood-small
+#   EVAL_ONLY=1  only evaluate OUT/{smooth,patchy} (e.g. written on a GPU by benchmarks/gpu_attack.sh)
 # Cost: about 28 s per image on 2 CPU cores at 224 px (250 Adam steps), so LIMIT=32 is ~30 min
 # for both kinds; a killed run resumes per batch. The evaluation reuses the feature cache.
 set -euo pipefail
@@ -16,7 +17,8 @@ DEVICE="${DEVICE:-cpu}"
 MODEL="${MODEL:-vlmood-small}"
 for kind in smooth patchy; do
   .venv/bin/vlmood attack --model "$MODEL" --benchmark emoji-ood --root "$DATA" --preset "$kind" \
-    --limit "$LIMIT" --device "$DEVICE" --precision fp32 --no-progress --out "$OUT/$kind"
+    --limit "$LIMIT" --device "$DEVICE" --precision fp32 --no-progress --out "$OUT/$kind" \
+    ${EVAL_ONLY:+--eval-only}
 done
 .venv/bin/python - "$OUT" <<'PY'
 import json, sys

@@ -310,6 +310,13 @@ def test_cli_attack_and_evaluation_table(example, tmp_path, capsys, monkeypatch)
     full = json.loads((out / "eval" / "zero-shot" / "results.json").read_text())
     n_targets = len({r["target"] for r in _manifest(out)})
     assert sub["datasets"]["train"]["n"] == full["datasets"]["train"]["n"] - n_targets
+    # the report: the side-by-side table and the example triplets, then the evaluation runs
+    rep = tmp_path / "report"
+    assert main(["report", str(out), "--out", str(rep)]) == 0
+    page = (rep / "index.html").read_text()
+    assert "Attack: att (smooth)" in page and "manipulated" in page
+    assert (rep / "figures" / "attack1-triplets.png").stat().st_size > 1000
+    assert "knn (bank without targets)" in (rep / "report.md").read_text()
     # a rerun resumes: nothing to attack, the evaluations are reused
     assert (
         main(
@@ -396,3 +403,52 @@ def test_cli_bad_input(example, tmp_path, capsys):
     assert "epsilon" in refused("--benchmark", str(example), "--epsilon", "1.5")
     assert "nope" in refused("--benchmark", str(example), "--scores", "nope")
     assert not (tmp_path / "o").exists()
+
+
+def test_identity_follows_content_not_mtimes(tiny, sets, tmp_path):
+    """A copy of the data with new mtimes resumes (attack on a cluster, evaluate elsewhere); an
+    edited source image is another input."""
+    import shutil
+
+    from vlmood.api import load_benchmark
+
+    data = tmp_path / "data"
+    shutil.copytree(Path(sets.id.samples[0].path).parents[2], data, copy_function=shutil.copy)
+    bench = load_benchmark(str(data / "example.yaml"))
+    out = tmp_path / "att"
+    _run(tiny, bench, out, limit=3)
+    for p in data.rglob("*.png"):
+        os.utime(p, (1e9, 1e9))
+    assert _run(tiny, bench, out, limit=3)["status"] == "complete"  # same content: reused
+    first = json.loads((out / "attack.json").read_text())["identity"]
+    src = Path(_manifest(out)[0]["source"])
+    Image.new("RGB", (32, 32), (9, 9, 9)).save(src)
+    with pytest.raises(UsageError, match="content"):
+        _run(tiny, bench, out, limit=3)
+    assert first["content"]
+
+
+def test_eval_only_and_transfer(example, tmp_path, capsys, monkeypatch, fake_model):
+    from vlmood.attacks.evaluate import evaluate_attack
+    from vlmood.eval.runner import EvalOptions, ScoreSpec
+
+    monkeypatch.setenv("VLMOOD_CACHE", str(tmp_path / "cache"))
+    out = tmp_path / "att"
+    common = ["--model", "tiny-test", "--benchmark", str(example), "--no-progress", "--workers", "0"]
+    # nothing there yet / an unfinished attack: refused before any model loads
+    assert main(["attack", *common, "--eval-only", "--out", str(out)]) == 2
+    assert "no attack.json" in capsys.readouterr().err
+    assert main(["attack", *common, "--steps", "2", "--limit", "3", "--no-eval", "--out", str(out)]) == 0
+    capsys.readouterr()
+    assert main(["attack", *common, "--eval-only", "--no-eval", "--out", str(out)]) == 2
+    # evaluated later, with no attack settings given
+    assert main(["attack", *common, "--eval-only", "--scores", "mcm", "--out", str(out)]) == 0
+    res = json.loads((out / "attack_results.json").read_text())
+    assert res["transfer"] is False and {r["score"] for r in res["rows"]} == {"mcm"}
+    # another model measures how the attack transfers
+    from vlmood.api import load_benchmark
+
+    es = load_benchmark(str(example)).eval_sets
+    opts = EvalOptions(["a photo of a {}."], progress=False, num_workers=0, cache_dir=str(tmp_path / "c2"))
+    res = evaluate_attack(fake_model, es, out, [ScoreSpec("mcm")], opts)
+    assert res["transfer"] is True and res["rows"][0]["score"] == "mcm"

@@ -23,7 +23,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from vlmood.attacks.run import manifest_rows, manipulated_source, original_source
+from vlmood.attacks.run import manifest_rows, manipulated_source, original_source, read_attack
 from vlmood.data.base import ImageSource
 from vlmood.errors import UsageError
 from vlmood.eval.runner import EvalOptions, EvalSets, OODSet, ScoreSpec, run_eval
@@ -60,6 +60,7 @@ def evaluate_attack(
     """Run the evaluations and write ``OUT/attack_results.json`` (returned). ``adapter``: an
     adapter folder (``vlmood fit``), loaded onto ``model`` after the zero-shot evaluations."""
     out = Path(out).absolute()
+    meta = read_attack(out)
     rows_m = manifest_rows(out)
     both = [OODSet("original", original_source(out)), OODSet("manipulated", manipulated_source(out))]
     base = dataclasses.replace(sets, ood=both, domain_shift=[], held_out=[])
@@ -107,6 +108,10 @@ def evaluate_attack(
         "schema": RESULTS_SCHEMA,
         "n_id": len(sets.id),
         "n_attacked": len(rows_m),
+        # the evaluated model; another than the attacked one measures a transfer attack
+        "model": model.identity.to_dict(),
+        "attacked_model_key": meta["identity"]["model"],
+        "transfer": meta["identity"]["model"] != model.identity.key,
         "id_accuracy": runs["zero-shot"].get("id_accuracy"),
         "runs": {k: str(out / "eval" / k / "results.json") for k in runs},
         "rows": table,

@@ -39,7 +39,7 @@ from vlmood.data.base import DataError, ImageSample, ImageSource
 from vlmood.data.sources import open_image
 from vlmood.errors import RunError, UsageError
 from vlmood.models.base import VLM
-from vlmood.utils import atomic_path, atomic_write_json, atomic_write_text, sha256_json
+from vlmood.utils import atomic_path, atomic_write_json, atomic_write_text, sha256_file, sha256_json
 
 log = logging.getLogger(__name__)
 
@@ -155,15 +155,27 @@ def make_plan(
 def attack_identity(
     model: VLM, plan: AttackPlan, target_set: ImageSource, cfg: AttackConfig
 ) -> dict[str, Any]:
+    """What decides the written dataset: the model, the settings, which images meet which targets
+    (paths) and what those files hold (content hashes, so a copy of the data with new mtimes on
+    another machine still resumes, and an edited image does not)."""
     cfg_d = cfg.to_dict()
     cfg_d.pop("batch_size")  # results do not depend on it (module docstring of attacks.feature)
+    targets = [target_set.samples[t].path for t in plan.targets]
+    files = sorted({s.path for s in plan.sources} | set(targets))
     return {
         "model": model.identity.key,
         "config": cfg_d,
         "sources": sha256_json([[s.path, n] for s, n in zip(plan.sources, plan.source_sets)]),
-        "targets": sha256_json([target_set.samples[t].path for t in plan.targets]),
-        "target_set": target_set.fingerprint(),
+        "targets": sha256_json([targets, len(target_set)]),
+        "content": sha256_json([[p, _file_digest(p)] for p in files]),
     }
+
+
+def _file_digest(path: str) -> str:
+    try:
+        return sha256_file(path)
+    except OSError as e:
+        raise DataError(f"cannot read {path} ({e.strerror or e}); fix the file or its set") from e
 
 
 # ----------------------------------------------------------------------------- run
@@ -411,6 +423,26 @@ def _merge(out: Path, n_batches: int) -> list[dict[str, str]]:
 
 
 # ----------------------------------------------------------------------------- reading back
+def read_attack(out: str | os.PathLike) -> dict[str, Any]:
+    """attack.json of a complete attack in ``out`` (UsageError otherwise)."""
+    import json
+
+    path = Path(out) / "attack.json"
+    if not path.is_file():
+        raise UsageError(f"{out} holds no attack (no attack.json): run `vlmood attack --out {out}` first")
+    try:
+        meta = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as e:
+        raise UsageError(f"{path} cannot be read ({e}); rerun the attack into a new --out") from e
+    if meta.get("schema") != SCHEMA:
+        raise UsageError(f"{path} is not a {SCHEMA} file")
+    if meta.get("status") != "complete":
+        raise UsageError(
+            f"the attack in {out} is {meta.get('status')}: rerun the same `vlmood attack` command to finish it"
+        )
+    return meta
+
+
 def manifest_rows(out: str | os.PathLike) -> list[dict[str, str]]:
     path = Path(out) / "manifest.csv"
     if not path.is_file():

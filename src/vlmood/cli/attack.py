@@ -107,6 +107,12 @@ def add_parsers(sub: Any) -> None:
         help="scores run through the adapter's head",
     )
     p.add_argument("--no-eval", action="store_true", help="only write the manipulated dataset")
+    p.add_argument(
+        "--eval-only",
+        action="store_true",
+        help="evaluate the finished attack in --out with --model (no attack settings needed; another "
+        "model than the attacked one measures how the attack transfers)",
+    )
     C.add_label_arg(p, "this attack's evaluation")
     p.add_argument("--json", action="store_true", help="print attack_results.json instead of the table")
     p.set_defaults(func=cmd_attack)
@@ -116,10 +122,12 @@ def cmd_attack(args: argparse.Namespace) -> int:
     from vlmood import distributed as D
     from vlmood.attacks.evaluate import DEFAULT_SCORES, check_adapter, evaluate_attack, format_attack_table
     from vlmood.attacks.feature import PRESETS, AttackConfig
-    from vlmood.attacks.run import run_attack
+    from vlmood.attacks.run import read_attack, run_attack
     from vlmood.eval.runner import build_scores
 
     D.init_distributed()
+    if args.eval_only and args.no_eval:
+        raise UsageError("--eval-only and --no-eval exclude each other")
     smooth = PRESETS[args.preset] if args.smooth is None else args.smooth
     cfg = AttackConfig(
         steps=args.steps,
@@ -136,7 +144,7 @@ def cmd_attack(args: argparse.Namespace) -> int:
         build_scores(specs + adapter_specs)  # a bad score fails before the attack, not after it
     sets = C.build_sets(args)
     es = sets.eval_sets
-    if es.train is None:
+    if es.train is None and not args.eval_only:
         raise UsageError(
             "the attack needs ID training images as targets, and this ID set has no train split"
             + (
@@ -147,24 +155,27 @@ def cmd_attack(args: argparse.Namespace) -> int:
             + "; pass --train PATH (labelled ID images)"
         )
     ood = [(o.name, o.source) for o in es.ood]
-    if not ood:
+    if not ood and not args.eval_only:
         raise UsageError(
             "no OOD set to attack: give a benchmark with OOD sets, --sets NAME,... or --ood NAME=PATH"
         )
     if args.adapter and not args.no_eval:
         check_adapter(args.adapter, es.classnames)
     opts = C.eval_options(args, sets) if not args.no_eval else None
+    if args.eval_only:
+        meta = read_attack(args.out)  # before the model loads: a wrong folder fails at once
     model = C.load_model(args)
-    meta = run_attack(
-        model,
-        ood,
-        es.train,
-        args.out,
-        cfg,
-        limit=args.limit,
-        classnames=es.classnames,
-        progress=not args.no_progress,
-    )
+    if not args.eval_only:
+        meta = run_attack(
+            model,
+            ood,
+            es.train,
+            args.out,
+            cfg,
+            limit=args.limit,
+            classnames=es.classnames,
+            progress=not args.no_progress,
+        )
     if not D.is_main():
         return 0
     out = Path(args.out)

@@ -1,4 +1,4 @@
-"""``write_report``: results.json file(s), study or zoo folders -> index.html + report.md + figures/*.png +
+"""``write_report``: results.json file(s), study, zoo or attack folders -> index.html + report.md + figures/*.png +
 thumbs/*.jpg (per-image failure view) + tables/*.csv|tex, written atomically."""
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ import numpy as np
 
 from vlmood.report import export as X
 from vlmood.report import figures as F
+from vlmood.report.attack import attack_section, is_attack_folder
 from vlmood.report.failures import THUMB_DIR, Thumbnails, class_accuracy, fpr95_threshold, score_failures
 from vlmood.report.html import Fig, ReportPage, RunSection, render_page
 from vlmood.report.load import RawScores, ReportError, Run, load_runs, slug
@@ -178,7 +179,9 @@ def write_report(
 
     Each entry of ``results_paths`` is a ``results.json`` (schema ``vlmood.results/1``), a folder
     holding one, a ``vlmood study`` folder (all its runs) or a ``vlmood zoo`` folder (every model's
-    run, after a section with the zoo's table, fits and accuracy-vs-AUROC scatter plots). Raw scores (``scores/<label>.npz``
+    run, after a section with the zoo's table, fits and accuracy-vs-AUROC scatter plots) or a
+    ``vlmood attack`` folder (its evaluation runs, after a section with the original-vs-manipulated
+    table and example triplets). Raw scores (``scores/<label>.npz``
     beside it) feed the ROC and histogram figures and, when they carry image paths, the per-image
     failure view (thumbnails of the images a score gets wrong at its FPR95 threshold) and the
     per-class accuracy; without them the tables are still written, with a note. Raises
@@ -191,10 +194,13 @@ def write_report(
     runs = load_runs(results_paths)  # every input is checked before anything is written
     inputs = [results_paths] if isinstance(results_paths, (str, os.PathLike)) else list(results_paths)
     zoos = [read_zoo(Path(p).expanduser()) for p in inputs if is_zoo_folder(Path(p).expanduser())]
+    attacks = [Path(p).expanduser() for p in inputs if is_attack_folder(Path(p).expanduser())]
     out = Path(out_dir).expanduser()
     if out.exists() and not out.is_dir():
         raise ReportError(f"{out}: output path exists and is not a folder")
     out.mkdir(parents=True, exist_ok=True)
+    if not title and attacks and not zoos:
+        title = "vlmood attack: " + ", ".join(p.name for p in attacks)
     if not title and zoos:
         title = (
             f"vlmood zoo: {zoos[0].get('benchmark') or 'custom sets'}" if len(zoos) == 1 else "vlmood zoos"
@@ -211,12 +217,17 @@ def write_report(
             all_scores.extend(s for s in r.scores if s not in all_scores)
         score_colours = {s: i for i, s in enumerate(all_scores)}
 
-        zoo_sections, zoo_tables, global_notes = [], [], []
+        page_sections, page_tables, global_notes = [], [], []
         for i, zoo in enumerate(zoos):
             sec, table, notes = zoo_section(zoo, i, fig_dir, FIG_DIR, _png_size)
-            zoo_sections.append(sec)
-            zoo_tables.append(table)
+            page_sections.append(sec)
+            page_tables.append(table)
             global_notes += notes  # figures that could not be drawn
+        for i, folder in enumerate(attacks):
+            sec, table, notes = attack_section(folder, i, fig_dir, FIG_DIR, _png_size)
+            page_sections.append(sec)
+            page_tables.append(table)
+            global_notes += notes
         sections = []
         for i, r in enumerate(runs):
             figs = _run_figures(r, i, fig_dir, score_colours)
@@ -269,10 +280,10 @@ def write_report(
             runs=sections,
             notes=global_notes,
             footer=footer,
-            sections=zoo_sections,
+            sections=page_sections,
         )
         tables = [
-            *zoo_tables,
+            *page_tables,
             summary,
             accuracy,
             *([per_class] if per_class else []),

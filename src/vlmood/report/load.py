@@ -285,6 +285,7 @@ def study_runs(folder: Path) -> list[tuple[Path, str]]:
 
 
 def _expand(paths: list[str | os.PathLike]) -> list[tuple[str | os.PathLike, str]]:
+    from vlmood.report.attack import attack_runs, is_attack_folder
     from vlmood.report.zoo import is_zoo_folder, zoo_runs
 
     out: list[tuple[str | os.PathLike, str]] = []
@@ -294,6 +295,8 @@ def _expand(paths: list[str | os.PathLike]) -> list[tuple[str | os.PathLike, str
             out.extend((r, role) for r, role in study_runs(path))
         elif is_zoo_folder(path):  # a `vlmood zoo` folder: every model's run (labelled by its name)
             out.extend((r, "") for r in zoo_runs(path))
+        elif is_attack_folder(path):  # a `vlmood attack` folder: its evaluation runs
+            out.extend((r, "") for r in attack_runs(path))
         else:
             out.append((p, ""))
     return out
