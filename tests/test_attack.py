@@ -452,3 +452,80 @@ def test_eval_only_and_transfer(example, tmp_path, capsys, monkeypatch, fake_mod
     opts = EvalOptions(["a photo of a {}."], progress=False, num_workers=0, cache_dir=str(tmp_path / "c2"))
     res = evaluate_attack(fake_model, es, out, [ScoreSpec("mcm")], opts)
     assert res["transfer"] is True and res["rows"][0]["score"] == "mcm"
+
+
+@pytest.mark.dist
+def test_two_process_torchrun_attack_equals_one_process(example, tmp_path):
+    """Under torchrun (2 CPU processes, gloo) the batches are dealt to the ranks; rank 0 writes the
+    manifest, and the dataset equals a one-process run's."""
+    env = {
+        **os.environ,
+        "OMP_NUM_THREADS": "1",
+        "VLMOOD_CACHE": str(tmp_path / "cache"),
+        "PYTHONPATH": os.pathsep.join(
+            [str(Path(__file__).parents[1] / "src"), os.environ.get("PYTHONPATH", "")]
+        ),
+    }
+    args = [
+        "attack", "--model", "tiny-test", "--benchmark", str(example), "--steps", "3",
+        "--attack-batch", "2", "--limit", "7", "--no-eval", "--no-progress", "--device", "cpu",
+    ]  # fmt: skip
+    one = tmp_path / "one"
+    subprocess.run(
+        [sys.executable, "-m", "vlmood.cli", *args, "--out", str(one)],
+        check=True,
+        env=env,
+        capture_output=True,
+    )
+    two = tmp_path / "two"
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node",
+        "2",
+        "-m",
+        "vlmood.cli",
+    ]
+    res = subprocess.run(
+        [*cmd, *args, "--out", str(two)], env=env, capture_output=True, text=True, timeout=300
+    )
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    assert res.stdout.count("attacked 7 images") == 1  # rank 0 alone reports
+    assert (two / "manifest.csv").read_text() == (one / "manifest.csv").read_text()
+    assert len(list((two / "parts").iterdir())) == 4
+
+
+def test_python_api(example, tmp_path, monkeypatch):
+    import vlmood
+
+    monkeypatch.setenv("VLMOOD_CACHE", str(tmp_path / "cache"))
+    model = vlmood.load_model("tiny-test")
+    bench = vlmood.load_benchmark(str(example))
+    att = vlmood.attack(
+        model,
+        bench,
+        out=tmp_path / "a",
+        preset="patchy",
+        steps=3,
+        limit=4,
+        scores=["mcm", "knn"],
+        progress=False,
+    )
+    assert att.meta["kind"] == "patchy" and att.meta["config"]["smooth"] == 0.0
+    t = att.table()
+    assert list(t["score"]) == ["mcm", "knn", "knn (bank without targets)"]
+    assert len(att.dataset) == 4 and len(att.manifest()) == 4
+    again = vlmood.AttackResult.load(tmp_path / "a")
+    assert again.table().equals(t) and "4 images" in repr(again)
+    with pytest.raises(UsageError, match="preset"):
+        vlmood.attack(model, bench, out=tmp_path / "b", preset="wavy")
+    with pytest.raises(UsageError, match="epsilon"):
+        vlmood.attack(model, bench, out=tmp_path / "b", epsilon=0)
+    with pytest.raises(UsageError, match="steps"):
+        vlmood.attack(model, bench, out=tmp_path / "b", steps=0)
+    nontrain = vlmood.load_benchmark(str(example), sets="digits-5-9")
+    with pytest.raises(UsageError, match="no train split"):
+        vlmood.attack(model, nontrain, out=tmp_path / "b")
+    assert not (tmp_path / "b").exists()

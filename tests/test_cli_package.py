@@ -30,7 +30,20 @@ COMMANDS = [path for path, _ in ALL]
 
 
 def test_every_command_is_reached():
-    for cmd in ("eval", "cache", "fit", "study", "pretrain", "report", "demo", "models", "scores", "methods"):
+    for cmd in (
+        "eval",
+        "cache",
+        "fit",
+        "study",
+        "pretrain",
+        "report",
+        "demo",
+        "models",
+        "scores",
+        "methods",
+        "zoo",
+        "attack",
+    ):
         assert f"vlmood {cmd}" in COMMANDS
     for cmd in ("check", "list", "prepare", "sources", "example"):
         assert f"vlmood data {cmd}" in COMMANDS

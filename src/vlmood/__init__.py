@@ -13,6 +13,7 @@ torch until a name below is touched)::
     ad = vlmood.fit("coop", model, bench, shots=16, seed=1, out="runs/coop")  # Adapter
     study = vlmood.study(model, bench, methods=["zero-shot", "coop"], seeds=[1, 2], out="runs/s")
     zoo = vlmood.zoo(["vlmood-tiny", "vlmood-small"], bench, out="runs/zoo")  # Zoo: .table(), .fits()
+    att = vlmood.attack(model, bench, out="runs/att", preset="patchy", limit=64)  # .table(), .dataset
 
 The study machinery behind ``vlmood.study`` (and ``vlmood study``) lives in :mod:`vlmood.studies`, the
 zoo's behind ``vlmood.zoo`` in :mod:`vlmood.zoos` (not ``vlmood.zoo``: importing a submodule of
@@ -38,14 +39,30 @@ __all__ = [
     "load_model",
     "study",
     "zoo",
+    "attack",
+    "AttackResult",
 ]
 
 if TYPE_CHECKING:
-    from vlmood.api import BenchmarkSets, Results, Study, Zoo, evaluate, fit, load_benchmark, study, zoo
+    from vlmood.api import (
+        AttackResult,
+        BenchmarkSets,
+        Results,
+        Study,
+        Zoo,
+        attack,
+        evaluate,
+        fit,
+        load_benchmark,
+        study,
+        zoo,
+    )
     from vlmood.models import load_model
 
 #: public name -> the module that defines it (imported on first access)
 _LAZY = {
+    "AttackResult": "vlmood.api",
+    "attack": "vlmood.api",
     "BenchmarkSets": "vlmood.api",
     "Results": "vlmood.api",
     "Study": "vlmood.api",

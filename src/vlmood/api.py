@@ -39,7 +39,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from vlmood.errors import UsageError
+from vlmood.errors import RunError, UsageError
 from vlmood.models import load_model
 
 if TYPE_CHECKING:
@@ -995,3 +995,151 @@ def zoo(
 
     data = run_zoo(members, bench.eval_sets, specs, out, opts, load)
     return Zoo(data, Path(out).absolute())
+
+
+# ---------------------------------------------------------------------------------------------- attack
+@dataclass
+class AttackResult:
+    """A finished ``vlmood attack`` folder: the manipulated dataset and, when evaluated, the table of
+    ID vs original and ID vs manipulated OOD images.
+
+    Attributes:
+        meta: attack.json (settings, identity, summary: cosines before/after, largest change).
+        results: attack_results.json, or None when the attack was not evaluated.
+        out: the attack folder.
+    """
+
+    meta: dict[str, Any]
+    results: dict[str, Any] | None
+    out: Path
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> AttackResult:
+        from vlmood.attacks.run import read_attack
+
+        out = Path(path).absolute()
+        meta = read_attack(out)
+        f = out / "attack_results.json"
+        return cls(meta, json.loads(f.read_text(encoding="utf-8")) if f.is_file() else None, out)
+
+    @property
+    def summary(self) -> dict[str, Any]:
+        return dict(self.meta.get("summary", {}))
+
+    @property
+    def dataset(self) -> ImageSource:
+        """The manipulated images as an OOD :class:`~vlmood.data.base.ImageSource`."""
+        from vlmood.attacks.run import manipulated_source
+
+        return manipulated_source(self.out)
+
+    def manifest(self) -> pd.DataFrame:
+        """One row per manipulated image: path, source, target, cosines, l-inf."""
+        import pandas as pd
+
+        return pd.read_csv(self.out / "manifest.csv")
+
+    def table(self) -> pd.DataFrame:
+        """One row per (evaluation, score): AUROC and FPR95 on the original and the manipulated images."""
+        cols = ["run", "score", "auroc_original", "auroc_manipulated", "auroc_drop"]
+        cols += ["fpr95_original", "fpr95_manipulated"]
+        if self.results is None:
+            raise UsageError(
+                f"the attack in {self.out} was not evaluated; run vlmood.attack(..., evaluate=True)"
+            )
+        return _frame(self.results["rows"], cols)
+
+    def __repr__(self) -> str:
+        s = self.summary
+        return (
+            f"AttackResult({self.out.name}: {self.meta.get('n_images')} images, {self.meta.get('kind')}, "
+            f"cosine {s.get('cos_before_mean', float('nan')):.3f} -> {s.get('cos_after_mean', float('nan')):.3f})"
+        )
+
+
+def attack(
+    model: VLM,
+    bench: BenchmarkSets | str | os.PathLike,
+    *,
+    out: str | os.PathLike,
+    preset: str = "smooth",
+    smooth: float | None = None,
+    steps: int = 250,
+    lr: float = 1e-3,
+    epsilon: float | None = None,
+    batch_size: int = 16,
+    limit: int | None = None,
+    seed: int = 0,
+    feature: str = "preproj",
+    evaluate: bool = True,
+    scores: ScoreLike | Sequence[ScoreLike] | None = None,
+    adapter: str | os.PathLike | None = None,
+    adapter_scores: ScoreLike | Sequence[ScoreLike] | None = None,
+    templates: str | os.PathLike | Sequence[str] | Mapping[str, Sequence[str]] | None = None,
+    cache_dir: str | os.PathLike | None = None,
+    num_workers: int | None = None,
+    progress: bool = True,
+) -> AttackResult:
+    """PLP's feature-space OOD manipulation (``vlmood attack``): every OOD image of ``bench`` (or a
+    seeded ``limit`` of them) is moved towards a seeded random ID training image's feature, written
+    as a dataset into ``out`` (resumable: the same call continues a killed run), then evaluated.
+
+    Args:
+        model: from :func:`load_model` (the attacked image encoder).
+        bench: the sets of :func:`load_benchmark`; its train split holds the targets.
+        preset: ``"smooth"`` (lambda_s 5e3) or ``"patchy"`` (0); ``smooth`` overrides lambda_s.
+        steps, lr, batch_size, seed, feature: the optimisation (PLP: 250, 1e-3, 16; ``preproj``).
+        epsilon: an l-infinity budget in [0, 1] pixel units (PLP has none; default None).
+        evaluate: score ID vs original and vs manipulated images (``scores``: default KNN, MCM,
+            NegLabel, energy; KNN also without the targets in its bank); ``adapter`` adds its head's
+            ``adapter_scores`` (default msp, energy, maxlogit).
+        templates, cache_dir, num_workers, progress: as in :func:`evaluate`.
+    """
+    from vlmood.attacks.evaluate import DEFAULT_ADAPTER_SCORES, DEFAULT_SCORES, check_adapter, evaluate_attack
+    from vlmood.attacks.feature import PRESETS, AttackConfig
+    from vlmood.attacks.run import run_attack
+    from vlmood.eval.runner import EvalOptions, build_scores
+
+    if preset not in PRESETS:
+        raise UsageError(f"preset must be one of {', '.join(sorted(PRESETS))}, got {preset!r}")
+    cfg = AttackConfig(
+        steps=steps,
+        lr=lr,
+        smooth=PRESETS[preset] if smooth is None else smooth,
+        epsilon=epsilon,
+        batch_size=batch_size,
+        seed=seed,
+        feature=feature,
+    )
+    bench = _bench(bench)
+    es = bench.eval_sets
+    if es.train is None:
+        raise UsageError(
+            "the attack needs ID training images as targets, and this benchmark has no train split"
+        )
+    specs = score_specs(DEFAULT_SCORES if scores is None else scores)
+    aspecs = (
+        score_specs(DEFAULT_ADAPTER_SCORES if adapter_scores is None else adapter_scores) if adapter else []
+    )
+    if evaluate:
+        build_scores(specs + aspecs)
+        if adapter is not None:
+            check_adapter(adapter, es.classnames)
+    meta = run_attack(
+        model, [(o.name, o.source) for o in es.ood], es.train, out, cfg, limit=limit,
+        classnames=es.classnames, progress=progress,
+    )  # fmt: skip
+    if meta.get("status") != "complete":
+        raise RunError(f"the attack in {out} is incomplete; call again to resume it")
+    results = None
+    if evaluate:
+        tmpl, origin = (
+            (bench.templates, bench.templates_origin) if templates is None else _resolve_templates(templates)
+        )
+        opts = EvalOptions(
+            templates=list(tmpl),
+            templates_origin=origin,
+            extract=_extract_options(cache_dir, 64, num_workers, False, "stat", progress),
+        )
+        results = evaluate_attack(model, es, out, specs, opts, adapter=adapter, adapter_scores=aspecs)
+    return AttackResult(meta, results, Path(out).absolute())
