@@ -308,3 +308,41 @@ def test_hf_backend_trimmed_encoding_equals_full_context(tmp_path, tokenizer_fil
     got = vlm.encode_text(prompts, batch_size=8, progress=calls.append).numpy()
     np.testing.assert_allclose(got, ref, atol=1e-5, rtol=0)
     assert sum(calls) == len(prompts) and max(widths) < ids.shape[1] and widths == sorted(widths)
+
+
+def test_pooled_memo_for_large_vocabularies_is_exact_and_shared(minilm, monkeypatch):
+    """A large prompt list through a Hugging Face tower keeps the pooled transformer outputs in
+    memory: the same embeddings as the batched forward, another projection over the same locked
+    transformer reuses them (no transformer forward), and changed transformer weights do not."""
+    import copy
+
+    from vlmood.models import open_clip_backend as ocb
+
+    prompts = mixed_prompts(60)
+    ref = minilm.encode_text(prompts, batch_size=16).numpy()  # below the threshold: the plain path
+    monkeypatch.setattr(ocb, "POOLED_MEMO_MIN", 10)
+    ocb._POOLED_MEMO.clear()
+    got = minilm.encode_text(prompts, batch_size=16).numpy()
+    np.testing.assert_allclose(got, ref, atol=1e-5, rtol=0)
+    assert len(ocb._POOLED_MEMO) == 1
+
+    other = copy.deepcopy(minilm)  # same transformer, another projection
+    with torch.no_grad():
+        for p in other.torch_module.text.proj.parameters():
+            p.mul_(-0.5).add_(0.01)
+    calls = []
+    orig = other.torch_module.text.transformer.forward
+    monkeypatch.setattr(
+        other.torch_module.text.transformer, "forward", lambda *a, **k: calls.append(1) or orig(*a, **k)
+    )
+    got2 = other.encode_text(prompts, batch_size=16).numpy()
+    assert calls == []  # reused the pooled outputs
+    monkeypatch.setattr(ocb, "POOLED_MEMO_MIN", 10**9)
+    np.testing.assert_allclose(got2, other.encode_text(prompts, batch_size=16).numpy(), atol=1e-5, rtol=0)
+
+    monkeypatch.setattr(ocb, "POOLED_MEMO_MIN", 10)
+    with torch.no_grad():  # a fine-tuned transformer: a new key, encoded again
+        next(other.torch_module.text.transformer.parameters()).add_(0.01)
+    other.encode_text(prompts, batch_size=16)
+    assert len(calls) > 0
+    ocb._POOLED_MEMO.clear()

@@ -145,14 +145,15 @@ def cmd_attack(args: argparse.Namespace) -> int:
     sets = C.build_sets(args)
     es = sets.eval_sets
     if es.train is None and not args.eval_only:
+        if es.benchmark and args.sets:
+            why = f" (--sets leaves it out: add train, e.g. --sets train,{args.sets})"
+        elif es.benchmark:
+            why = f" (benchmark {es.benchmark}: its optional train set is missing under --root)"
+        else:
+            why = ""
         raise UsageError(
-            "the attack needs ID training images as targets, and this ID set has no train split"
-            + (
-                f" (benchmark {es.benchmark}: its optional train set is missing under --root)"
-                if es.benchmark
-                else ""
-            )
-            + "; pass --train PATH (labelled ID images)"
+            f"the attack needs ID training images as targets, and this ID set has no train split{why}; "
+            "pass --train PATH (labelled ID images) or a benchmark with a train split"
         )
     ood = [(o.name, o.source) for o in es.ood]
     if not ood and not args.eval_only:

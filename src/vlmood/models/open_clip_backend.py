@@ -31,6 +31,36 @@ from torch import nn
 
 from vlmood.models.base import FEATURE_KINDS, VLM, ModelIdentity
 
+#: prompt lists at least this long through a Hugging Face text tower use the pooled-output memo
+POOLED_MEMO_MIN = 20_000
+#: (text-transformer weights, precision, device, tokens) -> pooled outputs [N, W] of the last large call
+_POOLED_MEMO: dict[str, torch.Tensor] = {}
+
+
+def _memo_key(tower: nn.Module, tokens: torch.Tensor, precision: str, device: torch.device) -> str:
+    """What decides the pooled outputs: every transformer and pooler tensor, the precision, the
+    device type and the tokens (hashing ~90 MB of MiniLM weights takes ~0.1 s, against minutes of
+    encoding)."""
+    import hashlib
+
+    h = hashlib.blake2b(digest_size=20)
+    h.update(
+        f"{type(tower.transformer).__name__}|{type(tower.pooler).__name__}|{precision}|{device.type}".encode()
+    )
+    for module in (tower.transformer, tower.pooler):
+        for name, t in module.state_dict().items():
+            h.update(name.encode())
+            h.update(str(t.dtype).encode())
+            h.update(str(tuple(t.shape)).encode())
+            h.update(t.detach().reshape(-1).contiguous().cpu().view(torch.uint8).numpy().tobytes())
+    h.update(tokens.contiguous().cpu().numpy().tobytes())
+    return h.hexdigest()
+
+
+def _param_dtype(module: nn.Module, default: torch.dtype) -> torch.dtype:
+    p = next(module.parameters(), None)
+    return p.dtype if p is not None else default
+
 
 def check_kinds(kinds: Sequence[str]) -> tuple[str, ...]:
     """Validate requested feature kinds; returns them as a tuple without duplicates."""
@@ -256,6 +286,8 @@ class OpenClipVLM(VLM):
         else:
             order = torch.arange(len(texts))
         out = torch.empty(len(texts), self.embed_dim, device=self.device)
+        if hf_len is not None and len(texts) >= POOLED_MEMO_MIN:
+            return self._encode_hf_memo(tokens, order, hf_len, batch_size, progress, out)
         with torch.no_grad(), self.autocast():
             for i in range(0, len(texts), batch_size):
                 idx = order[i : i + batch_size]
@@ -273,6 +305,39 @@ class OpenClipVLM(VLM):
                 out[idx.to(self.device)] = F.normalize(feats.float(), dim=-1)
                 if progress is not None:
                     progress(len(idx))
+        return out
+
+    def _encode_hf_memo(self, tokens, order, hf_len, batch_size, progress, out) -> torch.Tensor:
+        """encode_text for a large prompt list through a Hugging Face tower: the pooled transformer
+        output is kept in memory (:data:`_POOLED_MEMO`) under the tower's weights, precision and
+        the tokens, so models that share a locked text transformer and differ in the projection
+        (the vlmood-small family, vlmood-tiny) encode a NegLabel vocabulary once per process
+        (``vlmood zoo``). Same result as the batched forward: pooling, then the tower's ``proj``."""
+        tower = self.model.text
+        key = _memo_key(tower, tokens, self.identity.precision, self.device)
+        pooled = _POOLED_MEMO.get(key)
+        with torch.no_grad(), self.autocast():
+            if pooled is None:
+                pooled_parts: list[tuple[torch.Tensor, torch.Tensor]] = []
+                for i in range(0, len(tokens), batch_size):
+                    idx = order[i : i + batch_size]
+                    batch = tokens[idx][:, : int(hf_len[idx].max())].to(self.device, non_blocking=True)
+                    mask = (batch != tower.config.pad_token_id).long()
+                    hidden = tower.transformer(input_ids=batch, attention_mask=mask)
+                    pooled_parts.append((idx, tower.pooler(hidden, mask).float()))
+                    if progress is not None:
+                        progress(len(idx))
+                width = pooled_parts[0][1].shape[1]
+                pooled = torch.empty(len(tokens), width, device=self.device)
+                for idx, part in pooled_parts:
+                    pooled[idx.to(self.device)] = part
+                _POOLED_MEMO.clear()  # one vocabulary at a time: bounded memory
+                _POOLED_MEMO[key] = pooled
+            elif progress is not None:
+                progress(len(tokens))
+            for i in range(0, len(tokens), batch_size):
+                feats = tower.proj(pooled[i : i + batch_size].to(_param_dtype(tower.proj, pooled.dtype)))
+                out[i : i + batch_size] = F.normalize(feats.float(), dim=-1)
         return out
 
     @property
