@@ -468,7 +468,8 @@ def test_two_process_torchrun_attack_equals_one_process(example, tmp_path):
     }
     args = [
         "attack", "--model", "tiny-test", "--benchmark", str(example), "--steps", "3",
-        "--attack-batch", "2", "--limit", "7", "--no-eval", "--no-progress", "--device", "cpu",
+        "--attack-batch", "2", "--limit", "7", "--scores", "mcm,knn", "--no-progress", "--device", "cpu",
+        "--workers", "0",
     ]  # fmt: skip
     one = tmp_path / "one"
     subprocess.run(
@@ -492,9 +493,14 @@ def test_two_process_torchrun_attack_equals_one_process(example, tmp_path):
         [*cmd, *args, "--out", str(two)], env=env, capture_output=True, text=True, timeout=300
     )
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
-    assert res.stdout.count("attacked 7 images") == 1  # rank 0 alone reports
+    assert res.stdout.count("AUROC manip") == 1  # every rank evaluates, rank 0 alone reports
     assert (two / "manifest.csv").read_text() == (one / "manifest.csv").read_text()
     assert len(list((two / "parts").iterdir())) == 4
+    r1 = json.loads((one / "attack_results.json").read_text())["rows"]
+    r2 = json.loads((two / "attack_results.json").read_text())["rows"]
+    assert [r["score"] for r in r2] == [r["score"] for r in r1]
+    for a, b in zip(r1, r2):
+        assert b["auroc_manipulated"] == pytest.approx(a["auroc_manipulated"], abs=1e-6)
 
 
 def test_python_api(example, tmp_path, monkeypatch):
@@ -529,3 +535,52 @@ def test_python_api(example, tmp_path, monkeypatch):
     with pytest.raises(UsageError, match="no train split"):
         vlmood.attack(model, nontrain, out=tmp_path / "b")
     assert not (tmp_path / "b").exists()
+
+
+def test_review_fixes(example, tmp_path, capsys, monkeypatch, tiny, sets):
+    """The written 8-bit pixels keep the epsilon budget; a finished attack rerun with another
+    batch size is not redone; KNN without targets refuses a bank that lacks the targets; a
+    negative seed is refused by name."""
+    import shutil
+
+    monkeypatch.setenv("VLMOOD_CACHE", str(tmp_path / "cache"))
+    eps = 0.01
+    meta = _run(tiny, sets, tmp_path / "eps", limit=3, cfg={"epsilon": eps, "lr": 0.05, "smooth": 0.0})
+    assert 0 < meta["summary"]["linf_max"] <= eps + 1e-6
+    assert all(float(r["linf"]) <= eps + 1e-6 for r in _manifest(tmp_path / "eps"))
+
+    out = tmp_path / "att"
+    common = ["--model", "tiny-test", "--benchmark", str(example), "--no-progress", "--workers", "0"]
+    assert main(["attack", *common, "--steps", "2", "--limit", "4", "--no-eval", "--out", str(out)]) == 0
+    stamps = {p.name: p.stat().st_mtime_ns for p in (out / "images").iterdir()}
+    assert (
+        main(
+            [
+                "attack",
+                *common,
+                "--steps",
+                "2",
+                "--limit",
+                "4",
+                "--no-eval",
+                "--attack-batch",
+                "3",
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
+    assert {p.name: p.stat().st_mtime_ns for p in (out / "images").iterdir()} == stamps
+    capsys.readouterr()
+
+    other = tmp_path / "copy"
+    shutil.copytree(example.parent, other)
+    rc = main(["attack", "--model", "tiny-test", "--benchmark", str(other / example.name), "--no-progress",
+               "--workers", "0", "--eval-only", "--scores", "knn", "--out", str(out)])  # fmt: skip
+    assert rc == 2 and "holds 0 of the attack's" in capsys.readouterr().err
+
+    with pytest.raises(UsageError, match="seed"):
+        AttackConfig(seed=-1)
+    assert main(["attack", *common, "--seed", "-1", "--out", str(tmp_path / "s")]) == 2
+    assert "seed" in capsys.readouterr().err

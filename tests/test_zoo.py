@@ -319,7 +319,10 @@ def test_zoo_bad_input_is_one_line_exit_2(env, tmp_path, capsys):
             "model 'bad' (local-dir:",
         ),  # passes the check, fails to load
         (MODELS, ["--scores", "mcm,nosuchscore"], "unknown score 'nosuchscore'"),
+        (MODELS, ["--out", str(tmp_path / "junk")], "holds files that are not a zoo's (scatter-mine.png)"),
     ]
+    (tmp_path / "junk").mkdir()
+    (tmp_path / "junk" / "scatter-mine.png").write_text("mine")
     for models, extra, msg in cases:
         out = tmp_path / "out"
         rc = main(
@@ -341,3 +344,4 @@ def test_zoo_bad_input_is_one_line_exit_2(env, tmp_path, capsys):
         assert msg in err and err.startswith("vlmood zoo: error:"), (models, err)
         assert err.strip().count("\n") == 0 and "Traceback" not in err
         assert not (out / "zoo.json").exists()
+    assert (tmp_path / "junk" / "scatter-mine.png").read_text() == "mine"  # nothing deleted

@@ -465,6 +465,8 @@ def run_zoo(
             f"none of the scores can run on this benchmark: {'; '.join(f'{k}: {v}' for k, v in skipped.items())}"
         )
     out = Path(out_dir).absolute()
+    _check_out(out)
+    previous_figures = _previous_figures(out)
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
     records: list[dict[str, Any]] = []
@@ -511,7 +513,7 @@ def run_zoo(
         "fits": {label: _fits(records, label) for label in ran},
     }
     zoo["plan_sha256"] = sha256_json(zoo["plan"])
-    zoo["figures"] = _write_figures(zoo, out)
+    zoo["figures"] = _write_figures(zoo, out, previous_figures)
     zoo["wall_s"] = time.perf_counter() - t0
     atomic_write_json(out / ZOO_FILE, zoo)
     with atomic_path(out / "zoo.md") as tmp:
@@ -564,7 +566,34 @@ def points(zoo: dict[str, Any], label: str, target: str = "auroc") -> list[tuple
     return out
 
 
-def _write_figures(zoo: dict[str, Any], out: Path) -> dict[str, str]:
+def _check_out(out: Path) -> None:
+    """Refuse an ``--out`` that is a file, or a folder holding something else than a zoo (a rerun
+    writes and removes files there)."""
+    from vlmood.utils import check_folder_path
+
+    check_folder_path(out)
+    if not out.is_dir() or (out / ZOO_FILE).is_file() or (out / MODELS_DIR).is_dir():
+        return
+    other = sorted(p.name for p in out.iterdir() if not p.name.startswith("."))
+    if other:
+        shown = ", ".join(other[:3]) + (f" and {len(other) - 3} more" if len(other) > 3 else "")
+        raise UsageError(
+            f"--out {out} holds files that are not a zoo's ({shown}); choose a new or empty folder"
+        )
+
+
+def _previous_figures(out: Path) -> set[str]:
+    """The scatter files an earlier zoo.json in ``out`` lists (only those are removed when stale)."""
+    import json
+
+    try:
+        prev = json.loads((out / ZOO_FILE).read_text(encoding="utf-8"))
+        return {str(v) for v in (prev.get("figures") or {}).values()}
+    except (OSError, ValueError, AttributeError):
+        return set()
+
+
+def _write_figures(zoo: dict[str, Any], out: Path, previous: set[str] = frozenset()) -> dict[str, str]:
     """``scatter-<score>.png`` per score in ``out`` (earlier ones of scores no longer run removed);
     {label: file name}. Without matplotlib: a warning and no figures."""
     try:
@@ -583,9 +612,9 @@ def _write_figures(zoo: dict[str, Any], out: Path) -> dict[str, str]:
             log.warning("zoo: no scatter plots (%s); pip install 'vlmood[report]'", e)
             return {}
         figures[label] = name
-    for old in out.glob("scatter-*.png"):
-        if old.name not in figures.values():
-            old.unlink(missing_ok=True)
+    for old in previous - set(figures.values()):  # only files an earlier zoo wrote
+        if "/" not in old and old.startswith("scatter-"):
+            (out / old).unlink(missing_ok=True)
     return figures
 
 

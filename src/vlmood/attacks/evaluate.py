@@ -39,6 +39,13 @@ SETS = ("original", "manipulated")
 
 def without_targets(train: ImageSource, used: set[str]) -> ImageSource:
     keep = [s for s in train.samples if s.path not in used]
+    found = len({s.path for s in train.samples} & used)
+    if found != len(used):
+        raise UsageError(
+            f"the ID training set {train.name!r} ({train.origin}) holds {found} of the attack's {len(used)} target "
+            "images (matched by path): KNN without the targets needs the training set the attack drew them "
+            "from; pass the same --benchmark/--root or --train"
+        )
     if not keep:
         raise UsageError(
             "every ID training image is an attack target: KNN without the targets has an empty bank; "
@@ -57,24 +64,33 @@ def evaluate_attack(
     adapter: str | os.PathLike | None = None,
     adapter_scores: Sequence[ScoreSpec] = (),
 ) -> dict[str, Any]:
-    """Run the evaluations and write ``OUT/attack_results.json`` (returned). ``adapter``: an
+    """Run the evaluations and write ``OUT/attack_results.json`` (returned; with another model than the
+    attacked one, ``OUT/attack_results-transfer-<key>.json`` and ``OUT/eval/transfer-<key>/``). ``adapter``: an
     adapter folder (``vlmood fit``), loaded onto ``model`` after the zero-shot evaluations."""
+    from vlmood import distributed as D
+
     out = Path(out).absolute()
     meta = read_attack(out)
     rows_m = manifest_rows(out)
+    # the attacked model's evaluation is eval/<run>/ and attack_results.json; another model's (a
+    # transfer attack) eval/transfer-<key>/<run>/ and attack_results-transfer-<key>.json
+    transfer = meta["identity"]["model"] != model.identity.key
+    tag = f"transfer-{model.identity.key[:12]}" if transfer else ""
+    eval_dir = out / "eval" / tag if transfer else out / "eval"
+    results_file = out / (f"attack_results-{tag}.json" if transfer else "attack_results.json")
     both = [OODSet("original", original_source(out)), OODSet("manipulated", manipulated_source(out))]
     base = dataclasses.replace(sets, ood=both, domain_shift=[], held_out=[])
     runs: dict[str, dict[str, Any]] = {}
     needs_train = [s for s in scores if s.name in ("knn", "mahalanobis")]
     if needs_train and sets.train is None:
         raise UsageError("knn/mahalanobis need the ID training set as their bank; pass --train or drop them")
-    runs["zero-shot"] = run_eval(model, base, list(scores), out / "eval" / "zero-shot", opts, reuse=True)
+    runs["zero-shot"] = run_eval(model, base, list(scores), eval_dir / "zero-shot", opts, reuse=True)
     knn = [s for s in scores if s.name == "knn"]
     if knn and sets.train is not None:
         sub = dataclasses.replace(base, train=without_targets(sets.train, {r["target"] for r in rows_m}))
         specs = [ScoreSpec(s.name, dict(s.params), f"{s.label} (bank without targets)") for s in knn]
         runs["knn-without-targets"] = run_eval(
-            model, sub, specs, out / "eval" / "knn-without-targets", opts, reuse=True
+            model, sub, specs, eval_dir / "knn-without-targets", opts, reuse=True
         )
     if adapter is not None:
         from vlmood.eval.heads import head_kind
@@ -102,7 +118,7 @@ def evaluate_attack(
             adapter_info=adapter_info,
             label=opts.label,
         )
-        runs["adapter"] = run_eval(model, base, ok, out / "eval" / "adapter", aopts, reuse=True)
+        runs["adapter"] = run_eval(model, base, ok, eval_dir / "adapter", aopts, reuse=True)
     table = attack_table(runs)
     result = {
         "schema": RESULTS_SCHEMA,
@@ -111,12 +127,13 @@ def evaluate_attack(
         # the evaluated model; another than the attacked one measures a transfer attack
         "model": model.identity.to_dict(),
         "attacked_model_key": meta["identity"]["model"],
-        "transfer": meta["identity"]["model"] != model.identity.key,
+        "transfer": transfer,
         "id_accuracy": runs["zero-shot"].get("id_accuracy"),
-        "runs": {k: str(out / "eval" / k / "results.json") for k in runs},
+        "runs": {k: str(eval_dir / k / "results.json") for k in runs},
         "rows": table,
     }
-    atomic_write_json(out / "attack_results.json", result)
+    if D.is_main():  # under torchrun every rank evaluates (run_eval is collective); rank 0 writes
+        atomic_write_json(results_file, result)
     return result
 
 

@@ -67,6 +67,10 @@ class AttackConfig:
                 int(self.batch_size) == self.batch_size and self.batch_size >= 1,
                 f"batch_size must be >= 1, got {self.batch_size}",
             ),
+            (
+                int(self.seed) == self.seed and self.seed >= 0,
+                f"seed must be a whole number >= 0, got {self.seed}",
+            ),
             (self.feature in FEATURES, f"feature must be one of {', '.join(FEATURES)}, got {self.feature!r}"),
         ]
         for ok, msg in checks:

@@ -20,6 +20,7 @@ The cosines and l-inf in the manifest are measured on the written 8-bit pixels.
 from __future__ import annotations
 
 import csv
+import dataclasses
 import io
 import logging
 import os
@@ -93,9 +94,17 @@ def load_pixels(pipe: PixelPipeline, paths: Sequence[str]) -> torch.Tensor:
     return torch.stack([pipe.to_pixels(open_image(p)) for p in paths])
 
 
-def quantize(x: torch.Tensor) -> np.ndarray:
-    """[B, 3, H, W] in [0, 1] -> uint8 [B, H, W, 3] (round to nearest)."""
-    return (x.detach().clamp(0, 1) * 255.0).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
+def quantize(x: torch.Tensor, y: torch.Tensor | None = None, epsilon: float | None = None) -> np.ndarray:
+    """[B, 3, H, W] in [0, 1] -> uint8 [B, H, W, 3] (round to nearest). With ``y`` and ``epsilon``
+    the 8-bit values stay within the budget around ``y`` (rounding alone could cross it by half a
+    step)."""
+    q = (x.detach().clamp(0, 1) * 255.0).round()
+    if epsilon is not None and y is not None:
+        y255, e255 = y.detach() * 255.0, epsilon * 255.0
+        lo = torch.ceil(y255 - e255 - 1e-3).clamp(0, 255)
+        hi = torch.floor(y255 + e255 + 1e-3).clamp(0, 255)
+        q = torch.minimum(torch.maximum(q, lo), torch.maximum(hi, lo))
+    return q.to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
 
 
 def write_png(path: Path, pixels: np.ndarray) -> None:
@@ -153,11 +162,12 @@ def make_plan(
 
 
 def attack_identity(
-    model: VLM, plan: AttackPlan, target_set: ImageSource, cfg: AttackConfig
+    model: VLM, plan: AttackPlan, target_set: ImageSource, cfg: AttackConfig, classnames: Sequence[str] = ()
 ) -> dict[str, Any]:
     """What decides the written dataset: the model, the settings, which images meet which targets
-    (paths) and what those files hold (content hashes, so a copy of the data with new mtimes on
-    another machine still resumes, and an edited image does not)."""
+    (absolute paths), what those files hold (content hashes: a copy of the data at the same paths
+    with new mtimes, as on another machine, still resumes; an edited image does not) and the class
+    names the manifest records."""
     cfg_d = cfg.to_dict()
     cfg_d.pop("batch_size")  # results do not depend on it (module docstring of attacks.feature)
     targets = [target_set.samples[t].path for t in plan.targets]
@@ -168,6 +178,7 @@ def attack_identity(
         "sources": sha256_json([[s.path, n] for s, n in zip(plan.sources, plan.source_sets)]),
         "targets": sha256_json([targets, len(target_set)]),
         "content": sha256_json([[p, _file_digest(p)] for p in files]),
+        "classnames": sha256_json(list(classnames)),
     }
 
 
@@ -250,12 +261,21 @@ def run_attack(
     out = Path(out).absolute()
     rank = D.rank() if rank is None else rank
     world = D.world_size() if world is None else world
+    dist = world > 1 and D.is_initialized()
+    names = list(classnames or target_set.classnames or [])
     plan = make_plan(ood, target_set, cfg.seed, limit)
-    ident = attack_identity(model, plan, target_set, cfg)
+    ident = attack_identity(model, plan, target_set, cfg, names)
     prev = _check_out(out, ident) if rank == 0 else None
-    if world > 1 and D.is_initialized():
-        D.barrier()
+    if dist:
+        prev = D.broadcast_object(prev)
     n = len(plan)
+    if prev is not None and prev.get("status") == "complete" and _manifest_ok(out, n):
+        log.info("attack: %s is complete; nothing to do", out)
+        return prev
+    if prev is not None and prev["config"]["batch_size"] != cfg.batch_size:
+        # finished batches are recorded in the previous batch size: keep it, or they would be redone
+        log.info("attack: resuming with the batch size of the first run (%d)", prev["config"]["batch_size"])
+        cfg = dataclasses.replace(cfg, batch_size=int(prev["config"]["batch_size"]))
     n_batches = (n + cfg.batch_size - 1) // cfg.batch_size
     meta: dict[str, Any] = {
         "schema": SCHEMA,
@@ -274,10 +294,9 @@ def run_attack(
     if rank == 0:
         (out / "images").mkdir(parents=True, exist_ok=True)
         (out / "parts").mkdir(parents=True, exist_ok=True)
-        if prev is None or prev.get("status") != "complete":
-            atomic_write_json(out / "attack.json", meta)
+        atomic_write_json(out / "attack.json", meta)
         atomic_write_text(out / "originals.txt", "".join(f"{s.path}\n" for s in plan.sources))
-    if world > 1 and D.is_initialized():
+    if dist:
         D.barrier()
 
     pipe = pixel_pipeline(model)
@@ -291,7 +310,6 @@ def run_attack(
     mine = [b for b in range(n_batches) if b % world == rank]
     todo = [b for b in mine if not _batch_done(out, b, plan, cfg)]
     log.info("attack: %d images in %d batches; %d to do on rank %d", n, n_batches, len(todo), rank)
-    names = list(classnames or target_set.classnames or [])
     t0 = time.perf_counter()
     done_images = 0
     try:
@@ -311,10 +329,25 @@ def run_attack(
             p.requires_grad_(g)
         module.train(was_training)
     elapsed = time.perf_counter() - t0
-    if world > 1 and D.is_initialized():
+    if dist:
         D.barrier()
-    if rank != 0:
-        return meta
+    final = _finish(out, meta, plan, cfg, n_batches, done_images, elapsed, model, prev) if rank == 0 else None
+    if dist:  # every rank returns the finished attack.json (the evaluation runs on all of them)
+        final = D.broadcast_object(final)
+    return final if final is not None else meta
+
+
+def _manifest_ok(out: Path, n: int) -> bool:
+    try:
+        rows = manifest_rows(out)
+    except UsageError:
+        return False
+    return len(rows) == n and all((out / r["path"]).is_file() for r in rows)
+
+
+def _finish(out, meta, plan, cfg, n_batches, done_images, elapsed, model, prev) -> dict[str, Any]:
+    """Rank 0 after every rank's batches: the manifest and the final attack.json (or the count of
+    batches still missing, after a stop)."""
     missing = [b for b in range(n_batches) if not _batch_done(out, b, plan, cfg)]
     if missing:
         meta["status"] = "incomplete"
@@ -386,7 +419,7 @@ def _run_batch(model, pipe, encode, plan, target_set, names, cfg, out, b, lo, hi
         target = encode(x).float()
         before = torch.nn.functional.cosine_similarity(encode(y).float(), target, dim=-1)
     delta = attack_batch(encode, y, target, positions, cfg)
-    q = quantize(y + delta)
+    q = quantize(y + delta, y, cfg.epsilon)
     qt = torch.from_numpy(q).permute(0, 3, 1, 2).to(model.device, torch.float32) / 255.0
     with torch.no_grad():
         after = torch.nn.functional.cosine_similarity(encode(qt).float(), target, dim=-1)

@@ -120,7 +120,13 @@ def add_parsers(sub: Any) -> None:
 
 def cmd_attack(args: argparse.Namespace) -> int:
     from vlmood import distributed as D
-    from vlmood.attacks.evaluate import DEFAULT_SCORES, check_adapter, evaluate_attack, format_attack_table
+    from vlmood.attacks.evaluate import (
+        DEFAULT_ADAPTER_SCORES,
+        DEFAULT_SCORES,
+        check_adapter,
+        evaluate_attack,
+        format_attack_table,
+    )
     from vlmood.attacks.feature import PRESETS, AttackConfig
     from vlmood.attacks.run import read_attack, run_attack
     from vlmood.eval.runner import build_scores
@@ -129,17 +135,21 @@ def cmd_attack(args: argparse.Namespace) -> int:
     if args.eval_only and args.no_eval:
         raise UsageError("--eval-only and --no-eval exclude each other")
     smooth = PRESETS[args.preset] if args.smooth is None else args.smooth
-    cfg = AttackConfig(
-        steps=args.steps,
-        lr=args.lr,
-        smooth=smooth,
-        epsilon=args.epsilon,
-        batch_size=args.attack_batch,
-        seed=args.seed,
-        feature=args.feature,
+    cfg = (
+        None
+        if args.eval_only
+        else AttackConfig(
+            steps=args.steps,
+            lr=args.lr,
+            smooth=smooth,
+            epsilon=args.epsilon,
+            batch_size=args.attack_batch,
+            seed=args.seed,
+            feature=args.feature,
+        )
     )
     specs = C.score_specs(args.scores, DEFAULT_SCORES)
-    adapter_specs = C.score_specs([args.adapter_scores], DEFAULT_SCORES) if args.adapter else []
+    adapter_specs = C.score_specs([args.adapter_scores], DEFAULT_ADAPTER_SCORES) if args.adapter else []
     if not args.no_eval:
         build_scores(specs + adapter_specs)  # a bad score fails before the attack, not after it
     sets = C.build_sets(args)
@@ -177,23 +187,25 @@ def cmd_attack(args: argparse.Namespace) -> int:
             classnames=es.classnames,
             progress=not args.no_progress,
         )
-    if not D.is_main():
-        return 0
     out = Path(args.out)
-    if meta["status"] != "complete":
+    if meta["status"] != "complete":  # every rank has the finished attack.json (broadcast)
         raise UsageError(
             f"the attack in {out} is incomplete ({meta.get('missing_batches')} batches); rerun to resume"
         )
     if args.no_eval:
-        print(json.dumps(meta, indent=2) if args.json else _summary(meta))
-        print(f"\nmanipulated dataset: {out / 'manifest.csv'} (csv:{out / 'manifest.csv'} as an OOD set)")
+        if D.is_main():
+            print(json.dumps(meta, indent=2) if args.json else _summary(meta))
+            print(f"\nmanipulated dataset: {out / 'manifest.csv'} (csv:{out / 'manifest.csv'} as an OOD set)")
         return 0
+    # every rank evaluates (run_eval is collective under torchrun); rank 0 writes and prints
     result = evaluate_attack(model, es, out, specs, opts, adapter=args.adapter, adapter_scores=adapter_specs)
-    if args.json:
-        print(json.dumps(result, indent=2, default=str))
-    else:
-        print(format_attack_table(result, meta))
-        print(f"\nresults: {out / 'attack_results.json'}   report: vlmood report {out}")
+    if D.is_main():
+        if args.json:
+            print(json.dumps(result, indent=2, default=str))
+        else:
+            name = "attack_results.json" if not result.get("transfer") else "attack_results-transfer-*.json"
+            print(format_attack_table(result, meta))
+            print(f"\nresults: {out / name}   report: vlmood report {out} --out {out / 'report'}")
     return 0
 
 

@@ -92,9 +92,10 @@ def _table(meta: dict[str, Any], res: dict[str, Any], index: int) -> Table:
     )
 
 
-def plot_triplets(folder: Path, rows: list[dict[str, str]], image_size: int, path: Path) -> None:
-    """One row per example: the original at the model's input (resize + crop), |perturbation|
-    magnified to the full range (grey = 0), the manipulated image; the target's class above."""
+def plot_triplets(folder: Path, rows: list[dict[str, str]], pre: dict[str, Any], path: Path) -> None:
+    """One row per example: the original at the model's input (its resize and crop: ``pre`` is the
+    attack's model preprocessing), the perturbation magnified to the full range (grey = 0), the
+    manipulated image; the target's class below."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -105,20 +106,24 @@ def plot_triplets(folder: Path, rows: list[dict[str, str]], image_size: int, pat
 
     from vlmood.data.sources import open_image
 
-    geo = T.Compose(
-        [T.Resize(image_size, interpolation=T.InterpolationMode.BICUBIC), T.CenterCrop(image_size)]
-    )
+    size = int(pre["image_size"])
+    interp = T.InterpolationMode(str(pre.get("interpolation", "bicubic")))
+    if pre.get("resize_mode") == "squash":
+        geo = T.Resize((size, size), interpolation=interp)
+    else:
+        geo = T.Compose([T.Resize(size, interpolation=interp), T.CenterCrop(size)])
     n = len(rows)
     fig, axes = plt.subplots(n, 3, figsize=(6.6, 2.25 * n), squeeze=False)
     for i, r in enumerate(rows):
         orig = np.asarray(geo(open_image(r["source"])), dtype=np.float32) / 255
         adv = np.asarray(Image.open(folder / r["path"]).convert("RGB"), dtype=np.float32) / 255
         delta = adv - orig
-        scale = max(float(np.abs(delta).max()), 1e-6)
+        peak = float(np.abs(delta).max())
+        scale = max(peak, 1 / 255)
         mag = 0.5 + delta / (2 * scale)
         for ax, img, title in (
             (axes[i][0], orig, f"original ({r.get('source_set', '')})"),
-            (axes[i][1], mag, f"perturbation x{0.5 / scale:.0f}"),
+            (axes[i][1], mag, f"perturbation x{0.5 / scale:.0f}" if peak > 0 else "no change"),
             (axes[i][2], adv, f"manipulated: cos {float(r['cos_before']):.2f}->{float(r['cos_after']):.2f}"),
         ):
             ax.imshow(np.clip(img, 0, 1))
@@ -146,9 +151,8 @@ def attack_section(
     figs: list[Fig] = []
     path = fig_dir / f"attack{index + 1}-triplets.png"
     try:
-        size = int(meta["model"]["preprocess"]["image_size"])
         step = max(1, len(rows) // N_EXAMPLES)  # spread over the manifest (its sets come in order)
-        plot_triplets(folder, rows[::step][:N_EXAMPLES], size, path)
+        plot_triplets(folder, rows[::step][:N_EXAMPLES], meta["model"]["preprocess"], path)
         w, h = png_size(path)
         figs.append(
             Fig(
