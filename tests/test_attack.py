@@ -582,5 +582,6 @@ def test_review_fixes(example, tmp_path, capsys, monkeypatch, tiny, sets):
 
     with pytest.raises(UsageError, match="seed"):
         AttackConfig(seed=-1)
-    assert main(["attack", *common, "--seed", "-1", "--out", str(tmp_path / "s")]) == 2
-    assert "seed" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as e:
+        main(["attack", *common, "--seed", "-1", "--out", str(tmp_path / "s")])
+    assert e.value.code == 2 and "--seed: must be >= 0" in capsys.readouterr().err

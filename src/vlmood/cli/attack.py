@@ -12,34 +12,26 @@ from vlmood.cli import _common as C
 from vlmood.errors import UsageError
 
 
-def _positive_float(text: str) -> float:
-    try:
-        v = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-    if not v > 0:
-        raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
-    return v
+def _number(kind: type, low: float, strict: bool):
+    """An argparse type: ``kind`` (int or float) above ``low`` (``strict``) or at least ``low``."""
+
+    def parse(text: str):
+        try:
+            v = kind(text)
+        except ValueError:
+            what = "a whole number" if kind is int else "a number"
+            raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}") from None
+        if v < low or (strict and v == low):
+            raise argparse.ArgumentTypeError(f"must be {'>' if strict else '>='} {low:g}, got {text}")
+        return v
+
+    return parse
 
 
-def _positive_int(text: str) -> int:
-    try:
-        v = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
-    if v < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, got {text}")
-    return v
-
-
-def _nonneg_float(text: str) -> float:
-    try:
-        v = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-    if v < 0:
-        raise argparse.ArgumentTypeError(f"must be >= 0, got {text}")
-    return v
+_positive_float = _number(float, 0, strict=True)
+_positive_int = _number(int, 1, strict=False)
+_nonneg_float = _number(float, 0, strict=False)
+_nonneg_int = _number(int, 0, strict=False)
 
 
 def add_parsers(sub: Any) -> None:
@@ -84,7 +76,7 @@ def add_parsers(sub: Any) -> None:
     p.add_argument(
         "--limit", type=_positive_int, default=None, help="attack N seeded OOD images (default: all)"
     )
-    p.add_argument("--seed", type=int, default=0, help="seed of the image choice, targets and starts")
+    p.add_argument("--seed", type=_nonneg_int, default=0, help="seed of the image choice, targets and starts")
     p.add_argument(
         "--feature", choices=["preproj", "image"], default="preproj", help="the attacked feature (phi)"
     )
