@@ -406,7 +406,7 @@ def test_cli_bad_input(example, tmp_path, capsys):
 
 
 def test_identity_follows_content_not_mtimes(tiny, sets, tmp_path):
-    """A copy of the data with new mtimes resumes (attack on a cluster, evaluate elsewhere); an
+    """The data at the same paths with new mtimes (a copy on another machine) resumes; an
     edited source image is another input."""
     import shutil
 
