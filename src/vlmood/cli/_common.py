@@ -181,6 +181,26 @@ def add_data_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
 
 
+def add_scores_arg(p: argparse.ArgumentParser, default: str, what: str = "score(s), as for eval") -> None:
+    """The repeatable ``--score``/``--scores`` option (``args.scores``; :func:`score_specs` reads it)."""
+    p.add_argument(
+        "--score",
+        "--scores",
+        dest="scores",
+        action="append",
+        default=[],
+        help=f"{what} (repeatable; default: {default})",
+    )
+
+
+TEMPLATES_HELP = "built-in template set or file (default: benchmark's or 'simple')"
+
+
+def add_templates_arg(p: argparse.ArgumentParser, help: str = TEMPLATES_HELP) -> None:
+    """``--templates`` (``args.templates``; :func:`templates` resolves it)."""
+    p.add_argument("--templates", default=None, help=help)
+
+
 def _label(text: str) -> str:
     text = " ".join(text.split())
     if not text:

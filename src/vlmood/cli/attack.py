@@ -80,17 +80,9 @@ def add_parsers(sub: Any) -> None:
     p.add_argument(
         "--feature", choices=["preproj", "image"], default="preproj", help="the attacked feature (phi)"
     )
-    p.add_argument(
-        "--templates", default=None, help="built-in template set or file (default: benchmark's or 'simple')"
-    )
-    p.add_argument(
-        "--score",
-        "--scores",
-        dest="scores",
-        action="append",
-        default=[],
-        help=f"scores to evaluate (repeatable; default: {DEFAULT_SCORES}); knn is also run with the "
-        "targets removed from its bank",
+    C.add_templates_arg(p)
+    C.add_scores_arg(
+        p, DEFAULT_SCORES, "scores to evaluate; knn also runs with the targets removed from its bank"
     )
     p.add_argument("--adapter", default=None, help="also evaluate this adapter's scores (e.g. a plp probe)")
     p.add_argument(

@@ -18,18 +18,8 @@ def add_parsers(sub: Any) -> None:
     ev = C.add_command(sub, "eval", help="evaluate zero-shot OOD scores and ID accuracy")
     C.add_model_args(ev)
     C.add_data_args(ev)
-    ev.add_argument(
-        "--templates", default=None, help="built-in template set or file (default: benchmark's or 'simple')"
-    )
-    ev.add_argument(
-        "--score",
-        "--scores",
-        dest="scores",
-        action="append",
-        default=[],
-        help=f"score(s): 'mcm,energy' or 'neglabel:ngroup=100,temperature=0.01' (repeatable; "
-        f"default: {DEFAULT_SCORES})",
-    )
+    C.add_templates_arg(ev)
+    C.add_scores_arg(ev, DEFAULT_SCORES, "score(s): 'mcm,energy' or 'neglabel:ngroup=100,temperature=0.01'")
     ev.add_argument("--out", required=True, help="output directory (results.json, raw scores)")
     ev.add_argument(
         "--adapter", default=None, help="an adapter directory written by `vlmood fit` (same --model)"
@@ -44,11 +34,9 @@ def add_parsers(sub: Any) -> None:
     C.add_model_args(ca)
     C.add_data_args(ca)
     ca.add_argument("--kinds", default="image", help="comma list of image, preproj, patch")
-    ca.add_argument(
-        "--templates",
-        default=None,
-        help="built-in template set or file whose class text features to cache "
-        "(default: benchmark's or 'simple')",
+    C.add_templates_arg(
+        ca,
+        "built-in template set or file whose class text features to cache (default: benchmark's or 'simple')",
     )
     ca.set_defaults(func=cmd_cache)
 

@@ -120,17 +120,8 @@ def add_parsers(sub: Any) -> None:
     st.add_argument(
         "--shots", type=int, default=16, help="k images per class for supervised methods (default: 16)"
     )
-    st.add_argument(
-        "--score",
-        "--scores",
-        dest="scores",
-        action="append",
-        default=[],
-        help=f"score(s), as for eval (repeatable; default: {DEFAULT_STUDY_SCORES})",
-    )
-    st.add_argument(
-        "--templates", default=None, help="built-in template set or file (default: benchmark's or 'simple')"
-    )
+    C.add_scores_arg(st, DEFAULT_STUDY_SCORES)
+    C.add_templates_arg(st)
     st.add_argument(
         "--param",
         action="append",

@@ -34,18 +34,11 @@ def add_parsers(sub: Any) -> None:
         help="auto: bf16 autocast on CUDA, fp32 on CPU",
     )
     C.add_data_args(zp)
-    zp.add_argument(
-        "--score",
-        "--scores",
-        dest="scores",
-        action="append",
-        default=[],
-        help=f"score(s), as for eval (repeatable; default: {DEFAULT_ZOO_SCORES}; knn is left out, with "
-        "a warning, on a benchmark without a train split)",
+    C.add_scores_arg(
+        zp,
+        f"{DEFAULT_ZOO_SCORES}; knn is left out, with a warning, on a benchmark without a train split",
     )
-    zp.add_argument(
-        "--templates", default=None, help="built-in template set or file (default: benchmark's or 'simple')"
-    )
+    C.add_templates_arg(zp)
     zp.add_argument(
         "--out",
         required=True,
