@@ -37,7 +37,7 @@ import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from vlmood.errors import RunError, UsageError
 from vlmood.models import load_model
@@ -51,6 +51,11 @@ if TYPE_CHECKING:
     from vlmood.features.options import ExtractOptions
     from vlmood.methods.base import Adapter
     from vlmood.models.base import VLM
+
+    try:
+        from typing import Self
+    except ImportError:  # Python 3.10
+        from typing_extensions import Self
     from vlmood.scores.base import Score
     from vlmood.train.data import TrainingSet
 
@@ -680,24 +685,34 @@ def fit(
 
 # ---------------------------------------------------------------------------------------------- study
 @dataclass
-class Study:
+class _Folder:
+    """A finished run folder summarised by one JSON file (``FILE``, written by ``WRITER``)."""
+
+    FILE: ClassVar[str]
+    WRITER: ClassVar[str]
+    _data: dict[str, Any]
+    out: Path
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> Self:
+        """An earlier run: its folder or its JSON file."""
+        p = Path(path)
+        f = p / cls.FILE if p.is_dir() else p
+        if not f.is_file():
+            raise UsageError(f"{p}: no {cls.FILE} (a folder written by {cls.WRITER})")
+        return cls(json.loads(f.read_text(encoding="utf-8")), f.parent)
+
+
+@dataclass
+class Study(_Folder):
     """A finished study (``study.json``, schema ``vlmood.study/1``) with a table view.
 
     Attributes:
         out: the study folder (``study.json``, ``study.md``, ``adapters/``, ``runs/``).
     """
 
-    _data: dict[str, Any]
-    out: Path
-
-    @classmethod
-    def load(cls, path: str | os.PathLike) -> Study:
-        """An earlier study: its folder or ``study.json``."""
-        p = Path(path)
-        f = p / "study.json" if p.is_dir() else p
-        if not f.is_file():
-            raise UsageError(f"{p}: no study.json (a folder written by vlmood study / vlmood.study)")
-        return cls(json.loads(f.read_text(encoding="utf-8")), f.parent)
+    FILE: ClassVar[str] = "study.json"
+    WRITER: ClassVar[str] = "vlmood study / vlmood.study"
 
     def to_dict(self) -> dict[str, Any]:
         """The study.json dict (plan, model, runs per method and seed, aggregated table)."""
@@ -853,7 +868,7 @@ def study(
 
 # ---------------------------------------------------------------------------------------------- zoo
 @dataclass
-class Zoo:
+class Zoo(_Folder):
     """A finished zoo (``zoo.json``, schema ``vlmood.zoo/1``): many models evaluated zero-shot on one
     benchmark, with ID accuracy against OOD detection per score.
 
@@ -861,17 +876,8 @@ class Zoo:
         out: the zoo folder (``zoo.json``, ``zoo.md``, ``scatter-<score>.png``, ``models/<name>/``).
     """
 
-    _data: dict[str, Any]
-    out: Path
-
-    @classmethod
-    def load(cls, path: str | os.PathLike) -> Zoo:
-        """An earlier zoo: its folder or ``zoo.json``."""
-        p = Path(path)
-        f = p / "zoo.json" if p.is_dir() else p
-        if not f.is_file():
-            raise UsageError(f"{p}: no zoo.json (a folder written by vlmood zoo / vlmood.zoo)")
-        return cls(json.loads(f.read_text(encoding="utf-8")), f.parent)
+    FILE: ClassVar[str] = "zoo.json"
+    WRITER: ClassVar[str] = "vlmood zoo / vlmood.zoo"
 
     def to_dict(self) -> dict[str, Any]:
         """The zoo.json dict (models with specs and identities, per-model metrics, fits)."""

@@ -35,6 +35,24 @@ def check_folder_path(path: str | os.PathLike, what: str = "--out") -> Path:
     return out
 
 
+def check_own_folder(path: str | os.PathLike, is_ours: bool, kind: str, what: str = "--out") -> Path:
+    """:func:`check_folder_path`, and refuse (UsageError) a folder holding visible files when
+    ``is_ours`` is False (it has no marker of an earlier ``kind`` run): a run writes and removes
+    files there."""
+    from vlmood.errors import UsageError
+
+    out = check_folder_path(path, what)
+    if is_ours or not out.is_dir():
+        return out
+    other = sorted(p.name for p in out.iterdir() if not p.name.startswith("."))
+    if other:
+        shown = ", ".join(other[:3]) + (f" and {len(other) - 3} more" if len(other) > 3 else "")
+        raise UsageError(
+            f"{what} {out} holds files that are not {kind}'s ({shown}); choose a new or empty folder"
+        )
+    return out
+
+
 def canonical_json(obj: Any) -> str:
     """JSON with sorted keys and no whitespace: stable input for hashing."""
     return json.dumps(obj, sort_keys=True, separators=(",", ":"), default=str)

@@ -41,7 +41,7 @@ import numpy as np
 from vlmood.errors import UsageError
 from vlmood.eval.runner import EvalOptions, EvalSets, ScoreSpec, _safe, build_scores, run_eval
 from vlmood.models.base import ModelLoadError
-from vlmood.utils import atomic_path, atomic_write_json, sha256_json
+from vlmood.utils import atomic_path, atomic_write_json, check_own_folder, sha256_json
 
 log = logging.getLogger(__name__)
 
@@ -465,7 +465,7 @@ def run_zoo(
             f"none of the scores can run on this benchmark: {'; '.join(f'{k}: {v}' for k, v in skipped.items())}"
         )
     out = Path(out_dir).absolute()
-    _check_out(out)
+    check_own_folder(out, (out / ZOO_FILE).is_file() or (out / MODELS_DIR).is_dir(), "a zoo")
     previous_figures = _previous_figures(out)
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
@@ -564,22 +564,6 @@ def points(zoo: dict[str, Any], label: str, target: str = "auroc") -> list[tuple
         if x is not None and y is not None and math.isfinite(x) and math.isfinite(y):
             out.append((str(r["name"]), float(x), float(y)))
     return out
-
-
-def _check_out(out: Path) -> None:
-    """Refuse an ``--out`` that is a file, or a folder holding something else than a zoo (a rerun
-    writes and removes files there)."""
-    from vlmood.utils import check_folder_path
-
-    check_folder_path(out)
-    if not out.is_dir() or (out / ZOO_FILE).is_file() or (out / MODELS_DIR).is_dir():
-        return
-    other = sorted(p.name for p in out.iterdir() if not p.name.startswith("."))
-    if other:
-        shown = ", ".join(other[:3]) + (f" and {len(other) - 3} more" if len(other) > 3 else "")
-        raise UsageError(
-            f"--out {out} holds files that are not a zoo's ({shown}); choose a new or empty folder"
-        )
 
 
 def _previous_figures(out: Path) -> set[str]:

@@ -78,7 +78,10 @@ def evaluate_attack(
     tag = f"transfer-{model.identity.key[:12]}" if transfer else ""
     eval_dir = out / "eval" / tag if transfer else out / "eval"
     results_file = out / (f"attack_results-{tag}.json" if transfer else "attack_results.json")
-    both = [OODSet("original", original_source(out)), OODSet("manipulated", manipulated_source(out))]
+    both = [
+        OODSet("original", original_source(out, rows=rows_m)),
+        OODSet("manipulated", manipulated_source(out, rows=rows_m)),
+    ]
     base = dataclasses.replace(sets, ood=both, domain_shift=[], held_out=[])
     runs: dict[str, dict[str, Any]] = {}
     needs_train = [s for s in scores if s.name in ("knn", "mahalanobis")]
@@ -109,15 +112,7 @@ def evaluate_attack(
                 f"none of the adapter scores ({', '.join(s.label for s in adapter_scores)}) runs on this "
                 f"adapter's {head_kind(adapter)} head; choose others with --adapter-scores"
             )
-        aopts = EvalOptions(
-            templates=opts.templates,
-            templates_origin=opts.templates_origin,
-            extract=opts.extract,
-            command=opts.command,
-            adapter=adapter,
-            adapter_info=adapter_info,
-            label=opts.label,
-        )
+        aopts = dataclasses.replace(opts, adapter=adapter, adapter_info=adapter_info)
         runs["adapter"] = run_eval(model, base, ok, eval_dir / "adapter", aopts, reuse=True)
     table = attack_table(runs)
     result = {

@@ -40,7 +40,14 @@ from vlmood.data.base import DataError, ImageSample, ImageSource
 from vlmood.data.sources import open_image
 from vlmood.errors import RunError, UsageError
 from vlmood.models.base import VLM
-from vlmood.utils import atomic_path, atomic_write_json, atomic_write_text, sha256_file, sha256_json
+from vlmood.utils import (
+    atomic_path,
+    atomic_write_json,
+    atomic_write_text,
+    check_own_folder,
+    sha256_file,
+    sha256_json,
+)
 
 log = logging.getLogger(__name__)
 
@@ -213,15 +220,9 @@ def _rows_csv(rows: Sequence[dict[str, Any]]) -> str:
 
 def _check_out(out: Path, ident: dict[str, Any]) -> dict[str, Any] | None:
     """The folder's previous attack.json (same identity: resume) or None; other identity: refused."""
-    from vlmood.utils import check_folder_path
-
-    check_folder_path(out)
     meta = out / "attack.json"
+    check_own_folder(out, meta.exists(), "an attack")
     if not meta.exists():
-        if out.is_dir() and any(p for p in out.iterdir() if not p.name.startswith(".")):
-            raise UsageError(
-                f"--out {out} holds files but no attack.json: choose a new or empty folder for the attack"
-            )
         return None
     import json
 
@@ -484,10 +485,13 @@ def manifest_rows(out: str | os.PathLike) -> list[dict[str, str]]:
         return list(csv.DictReader(f))
 
 
-def manipulated_source(out: str | os.PathLike, name: str = "manipulated") -> ImageSource:
-    """The written dataset as an OOD ImageSource (paths under ``out``)."""
+def manipulated_source(
+    out: str | os.PathLike, name: str = "manipulated", rows: list[dict[str, str]] | None = None
+) -> ImageSource:
+    """The written dataset as an OOD ImageSource (paths under ``out``); ``rows``: the manifest,
+    when the caller has read it already."""
     out = Path(out).absolute()
-    rows = manifest_rows(out)
+    rows = manifest_rows(out) if rows is None else rows
     return ImageSource(
         name,
         [ImageSample(str(out / r["path"]), -1) for r in rows],
@@ -496,10 +500,12 @@ def manipulated_source(out: str | os.PathLike, name: str = "manipulated") -> Ima
     )
 
 
-def original_source(out: str | os.PathLike, name: str = "original") -> ImageSource:
-    """The attacked source images, in the manifest's order."""
+def original_source(
+    out: str | os.PathLike, name: str = "original", rows: list[dict[str, str]] | None = None
+) -> ImageSource:
+    """The attacked source images, in the manifest's order (``rows`` as for manipulated_source)."""
     out = Path(out).absolute()
-    rows = manifest_rows(out)
+    rows = manifest_rows(out) if rows is None else rows
     return ImageSource(
         name, [ImageSample(r["source"], -1) for r in rows], kind="list", origin=str(out / "originals.txt")
     )
