@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 import zlib
 from pathlib import Path
 
@@ -144,6 +147,33 @@ def report_runs(tmp_path_factory) -> dict[str, Path]:
         assert main([*common, "--scores", "mcm,energy,knn", "--out", str(root / "run_a")]) == 0
         assert main([*common, "--scores", "maxlogit,mcm", "--out", str(root / "run_b")]) == 0
     return {"a": root / "run_a", "b": root / "run_b"}
+
+
+def torchrun_env(cache: Path | None = None) -> dict[str, str]:
+    """The environment of a 2-process CPU torchrun test: one thread per rank, this checkout's
+    ``src`` first on the path, and ``VLMOOD_CACHE`` when ``cache`` is given."""
+    env = dict(
+        os.environ,
+        OMP_NUM_THREADS="1",
+        PYTHONPATH=os.pathsep.join(
+            [str(Path(__file__).parents[1] / "src"), os.environ.get("PYTHONPATH", "")]
+        ),
+    )
+    if cache is not None:
+        env["VLMOOD_CACHE"] = str(cache)
+    return env
+
+
+#: ``python -m torch.distributed.run`` on 2 CPU processes (gloo); append a script or ``-m vlmood.cli``
+TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
+
+
+def torchrun(target: list[str], cache: Path | None = None, timeout: int = 600) -> subprocess.CompletedProcess:
+    """Run ``target`` (a script and its arguments, or ``-m vlmood.cli ...``) under :data:`TORCHRUN`
+    with :func:`torchrun_env`; the finished process (text output captured)."""
+    return subprocess.run(
+        [*TORCHRUN, *target], env=torchrun_env(cache), capture_output=True, text=True, timeout=timeout
+    )
 
 
 def tiny_hf_clip(path: Path):

@@ -238,7 +238,7 @@ def test_resume_after_a_stop_gives_the_same_dataset_and_other_inputs_are_refused
     # a folder with unrelated files: refused
     (tmp_path / "busy").mkdir()
     (tmp_path / "busy" / "notes.txt").write_text("mine")
-    with pytest.raises(UsageError, match="no attack.json"):
+    with pytest.raises(UsageError, match=r"holds files that are not an attack.s \(notes.txt\)"):
         _run(tiny, sets, tmp_path / "busy", limit=2)
 
 
@@ -458,14 +458,9 @@ def test_eval_only_and_transfer(example, tmp_path, capsys, monkeypatch, fake_mod
 def test_two_process_torchrun_attack_equals_one_process(example, tmp_path):
     """Under torchrun (2 CPU processes, gloo) the batches are dealt to the ranks; rank 0 writes the
     manifest, and the dataset equals a one-process run's."""
-    env = {
-        **os.environ,
-        "OMP_NUM_THREADS": "1",
-        "VLMOOD_CACHE": str(tmp_path / "cache"),
-        "PYTHONPATH": os.pathsep.join(
-            [str(Path(__file__).parents[1] / "src"), os.environ.get("PYTHONPATH", "")]
-        ),
-    }
+    from conftest import torchrun, torchrun_env
+
+    env = torchrun_env(tmp_path / "cache")
     args = [
         "attack", "--model", "tiny-test", "--benchmark", str(example), "--steps", "3",
         "--attack-batch", "2", "--limit", "7", "--scores", "mcm,knn", "--no-progress", "--device", "cpu",
@@ -479,19 +474,7 @@ def test_two_process_torchrun_attack_equals_one_process(example, tmp_path):
         capture_output=True,
     )
     two = tmp_path / "two"
-    cmd = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--standalone",
-        "--nproc_per_node",
-        "2",
-        "-m",
-        "vlmood.cli",
-    ]
-    res = subprocess.run(
-        [*cmd, *args, "--out", str(two)], env=env, capture_output=True, text=True, timeout=300
-    )
+    res = torchrun(["-m", "vlmood.cli", *args, "--out", str(two)], cache=tmp_path / "cache", timeout=300)
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
     assert res.stdout.count("AUROC manip") == 1  # every rank evaluates, rank 0 alone reports
     assert (two / "manifest.csv").read_text() == (one / "manifest.csv").read_text()

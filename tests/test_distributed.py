@@ -2,15 +2,12 @@
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from conftest import FakeVLM
+from conftest import FakeVLM, torchrun
 from vlmood.data.sources import load_source
 from vlmood.features.extract import extract_features
 
@@ -19,24 +16,7 @@ pytestmark = pytest.mark.dist
 
 def _torchrun(script: str, *args: str) -> None:
     """Run ``tests/<script>`` on 2 CPU processes (gloo) with torchrun; fail with its output."""
-    env = dict(
-        os.environ,
-        OMP_NUM_THREADS="1",
-        PYTHONPATH=os.pathsep.join(
-            [str(Path(__file__).parents[1] / "src"), os.environ.get("PYTHONPATH", "")]
-        ),
-    )
-    cmd = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--standalone",
-        "--nproc_per_node",
-        "2",
-        str(Path(__file__).parent / script),
-        *args,
-    ]
-    res = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    res = torchrun([str(Path(__file__).parent / script), *args], timeout=300)
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
 
 

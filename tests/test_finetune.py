@@ -8,9 +8,6 @@ from __future__ import annotations
 import copy
 import json
 import math
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -428,17 +425,10 @@ def test_cli_wise_ft_endpoint_of_another_base_model(trained, tmp_path, capsys, m
 def test_gathered_contrastive_loss_on_two_ranks_equals_one_process(tmp_path):
     """Each of 2 gloo ranks computes its rows' loss against the gathered global batch; their mean is
     the 1-process loss, and with DDP's gradient averaging the gradients equal it too."""
+    from conftest import torchrun
+
     out = tmp_path / "ranks.pt"
-    env = dict(
-        os.environ,
-        OMP_NUM_THREADS="1",
-        PYTHONPATH=os.pathsep.join(
-            [str(Path(__file__).parents[1] / "src"), os.environ.get("PYTHONPATH", "")]
-        ),
-    )
-    worker = str(Path(__file__).parent / "dist_finetune_worker.py")
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", worker]
-    res = subprocess.run([*cmd, str(out)], env=env, capture_output=True, text=True, timeout=300)
+    res = torchrun([str(Path(__file__).parent / "dist_finetune_worker.py"), str(out)], timeout=300)
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
     got = torch.load(out, weights_only=True)
     world = len(got["ranks"])

@@ -7,9 +7,7 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -204,17 +202,15 @@ def test_fsdp_on_two_ranks_trains_the_one_process_tensors(tmp_path):
     at the same global batch (with activation checkpointing on too), the caller's model gets plain
     full tensors back, the checkpoint holds full tensors in the 1-process format, and a run stopped
     after epoch 1 resumes from it to exactly the uninterrupted run."""
-    env = dict(
-        os.environ,
-        OMP_NUM_THREADS="1",
-        PYTHONPATH=os.pathsep.join(
-            [str(Path(__file__).parents[1] / "src"), os.environ.get("PYTHONPATH", "")]
-        ),
-    )
+    from conftest import TORCHRUN, torchrun_env
+
     worker = str(Path(__file__).parent / "dist_fsdp_worker.py")
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", worker]
     proc = subprocess.Popen(
-        [*cmd, str(tmp_path / "ranks")], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+        [*TORCHRUN, worker, str(tmp_path / "ranks")],
+        env=torchrun_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
     )
     # meanwhile the 1-process reference; strategy fsdp without a process group trains unsharded
     model, module, dataset, loss_fn = flyp_parts()

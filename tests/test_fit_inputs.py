@@ -6,9 +6,7 @@ precision and world size recorded, UEO extraction options, Ctrl-C, and real DDP 
 from __future__ import annotations
 
 import json
-import os
 import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -355,18 +353,9 @@ def test_ctrl_c_during_fit_leaves_a_resumable_folder(digits, tmp_path, monkeypat
 
 # ---------------------------------------------------------------------------------------------- DDP
 def _torchrun_fit(args: list[str], cache: Path) -> subprocess.CompletedProcess:
-    env = dict(
-        os.environ,
-        OMP_NUM_THREADS="1",
-        VLMOOD_CACHE=str(cache),
-        PYTHONPATH=os.pathsep.join(
-            [str(Path(__file__).parents[1] / "src"), os.environ.get("PYTHONPATH", "")]
-        ),
-    )
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
-    return subprocess.run(
-        [*cmd, "-m", "vlmood.cli", *args], env=env, capture_output=True, text=True, timeout=600
-    )
+    from conftest import torchrun
+
+    return torchrun(["-m", "vlmood.cli", *args], cache=cache)
 
 
 @pytest.mark.dist

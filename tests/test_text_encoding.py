@@ -267,27 +267,11 @@ def test_neglabel_json_labels_file_records_sha256(tmp_path):
 
 @pytest.mark.parametrize("tokenizer_files", [False, True])
 def test_hf_backend_trimmed_encoding_equals_full_context(tmp_path, tokenizer_files):
-    transformers = pytest.importorskip("transformers")
+    from conftest import tiny_hf_clip
     from vlmood.models.hf_backend import write_clip_tokenizer_files
 
-    cfg = transformers.CLIPConfig(
-        text_config=dict(
-            vocab_size=49408,
-            hidden_size=32,
-            intermediate_size=64,
-            num_hidden_layers=2,
-            num_attention_heads=2,
-            max_position_embeddings=32,
-        ),
-        vision_config=dict(
-            hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2, image_size=32
-        ),
-        projection_dim=16,
-    )
-    torch.manual_seed(0)
-    model = transformers.CLIPModel(cfg).eval()
     d = tmp_path / "hfclip"
-    model.save_pretrained(d)
+    model = tiny_hf_clip(d)
     if tokenizer_files:
         write_clip_tokenizer_files(d)
     vlm = load_model(f"hf:{d}")
