@@ -1090,6 +1090,10 @@ def attack(
     seeded ``limit`` of them) is moved towards a seeded random ID training image's feature, written
     as a dataset into ``out`` (resumable: the same call continues a killed run), then evaluated.
 
+    Returns an :class:`AttackResult`: ``.table()`` holds AUROC / FPR95 (fractions in [0, 1]) of ID vs
+    the original and vs the manipulated images per score (scores are ID-high), ``.dataset`` the
+    manipulated images, ``.summary`` the mean cosine to the targets before and after.
+
     Args:
         model: from :func:`load_model` (the attacked image encoder).
         bench: the sets of :func:`load_benchmark`; its train split holds the targets.
